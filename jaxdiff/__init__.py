@@ -1,0 +1,3 @@
+"""jaxdiff: functional diffusion models in JAX."""
+
+__version__ = "0.1.0"
