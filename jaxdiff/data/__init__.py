@@ -1,0 +1,38 @@
+"""Datasets (TFDS builders, prepared as array_record) and the grain input pipeline.
+
+builder = get_builder("digits")                 # prepared once, then reused
+meta = dataset_metadata(builder)                # image shape, classes, split sizes
+it = make_pipeline(builder, split="train", global_batch_size=64, seed=0)
+batch = next(it)                                # {"image": [b, 8, 8, 1] in [-1, 1], ...}
+state = it.get_state()                          # JSON-serialisable; set_state resumes
+arrays = global_batch(batch, mesh)              # jax.Arrays sharded over "data"
+"""
+
+from jaxdiff.data.builders import DIGITS_NUM_TRAIN, ArrayDataset, Digits
+from jaxdiff.data.folder import ImageFolder, scan_image_folder
+from jaxdiff.data.pipeline import global_batch, make_pipeline, resize_center_crop
+from jaxdiff.data.sources import (
+    LOCAL_DATASETS,
+    DatasetMetadata,
+    DatasetNotPreparedError,
+    dataset_metadata,
+    default_data_dir,
+    get_builder,
+)
+
+__all__ = [
+    "DIGITS_NUM_TRAIN",
+    "LOCAL_DATASETS",
+    "ArrayDataset",
+    "DatasetMetadata",
+    "DatasetNotPreparedError",
+    "Digits",
+    "ImageFolder",
+    "dataset_metadata",
+    "default_data_dir",
+    "get_builder",
+    "global_batch",
+    "make_pipeline",
+    "resize_center_crop",
+    "scan_image_folder",
+]

@@ -1,0 +1,303 @@
+"""The input pipeline: `tfds.data_source` + grain, deterministic, sharded and resumable.
+
+The record stream is defined once for all processes: the split is shuffled with a seed
+(a new permutation each epoch) and repeated; the random flip of the record at stream
+position i depends only on the seed and i. Consecutive positions are grouped into blocks of
+the per-process batch size and process p takes blocks p, p + P, p + 2P, ... So global step s
+is stream positions [s * B, (s + 1) * B) for the global batch size B, whatever the number of
+processes, and the processes' batches concatenated in process order are the one-process batch.
+
+The returned iterator is a grain `DatasetIterator`: `get_state()` gives a JSON-serialisable
+dict and `set_state(state)` on a new pipeline built with the same arguments continues with
+exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from jaxdiff.data.sources import dataset_metadata, get_builder
+
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _image_hw(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """Validates `image_size` (int or (height, width), positive) and returns (H, W)."""
+    if image_size is None:
+        return None
+    hw = (image_size, image_size) if _is_int(image_size) else image_size
+    if (
+        not isinstance(hw, tuple | list)
+        or len(hw) != 2
+        or not all(_is_int(s) and s > 0 for s in hw)
+    ):
+        raise ValueError(
+            f"image_size must be a positive int or a pair of positive ints, got {image_size!r}."
+        )
+    return int(hw[0]), int(hw[1])
+
+
+def resize_center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resizes uint8 `[h, w, C]` so it covers `size` = (H, W), then crops the centre.
+
+    Cropping the largest centred box of the target's aspect ratio and resizing it (bicubic,
+    antialiased when shrinking) is the same as resize-shorter-side-then-centre-crop.
+    """
+    h, w, channels = image.shape
+    if (h, w) == size:
+        return image
+    scale = min(h / size[0], w / size[1])
+    box_h, box_w = size[0] * scale, size[1] * scale
+    top, left = (h - box_h) / 2, (w - box_w) / 2
+    pil = Image.fromarray(image[..., 0] if channels == 1 else image, mode=_MODES[channels])
+    pil = pil.resize(
+        (size[1], size[0]), Image.Resampling.BICUBIC, box=(left, top, left + box_w, top + box_h)
+    )
+    return np.asarray(pil).reshape(size[0], size[1], channels)
+
+
+class _Preprocess(grain.transforms.Map):
+    """Record -> {"image": float32 [H, W, C] in [-1, 1], "label", "caption", "index"}."""
+
+    def __init__(self, size: tuple[int, int] | None, pixel_max: int):
+        self._size = size
+        self._scale = 2.0 / pixel_max
+
+    def map(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
+        image = record["image"]
+        if self._size is not None:
+            image = resize_center_crop(image, self._size)
+        out = {"image": image.astype(np.float32) * np.float32(self._scale) - np.float32(1.0)}
+        if "label" in record:
+            out["label"] = np.int32(record["label"])
+        if "caption" in record:
+            caption = record["caption"]
+            out["caption"] = np.str_(caption.decode() if isinstance(caption, bytes) else caption)
+        if "index" in record:
+            out["index"] = np.int32(record["index"])
+        return out
+
+
+class _AddIndex(grain.transforms.MapWithIndex):
+    """Adds the record's position in its split (the index seen here counts on across epochs)."""
+
+    def __init__(self, split_size: int):
+        self._split_size = split_size
+
+    def map_with_index(self, index: int, record: dict[str, Any]) -> dict[str, Any]:
+        return {**record, "index": index % self._split_size}
+
+
+class _RandomFlip(grain.transforms.RandomMap):
+    def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        if rng.random() < 0.5:
+            record = {**record, "image": record["image"][:, ::-1]}
+        return record
+
+
+def _resolve_source(source: Any, split: str, builder_kwargs: Mapping[str, Any]):
+    """Returns (random-access data source, pixel_max, stored image shape or None)."""
+    if isinstance(source, str):
+        source = get_builder(source, **builder_kwargs)
+    elif builder_kwargs:
+        raise ValueError("data_dir/download/builder_kwargs only apply when source is a name.")
+    if hasattr(source, "as_data_source"):
+        meta = dataset_metadata(source)
+        if split not in meta.split_sizes:
+            raise ValueError(
+                f"Dataset {meta.name} has no split '{split}'; it has {sorted(meta.split_sizes)}."
+            )
+        return source.as_data_source(split=split), meta.pixel_max, meta.image_shape
+    if hasattr(source, "dataset_info"):
+        meta = dataset_metadata(source)
+        return source, meta.pixel_max, meta.image_shape
+    if hasattr(source, "__len__") and hasattr(source, "__getitem__"):
+        return source, 255, None
+    raise TypeError(
+        f"source must be a dataset name, a TFDS builder or a random-access data source, "
+        f"got {type(source).__name__}."
+    )
+
+
+def _use_default_flags_if_unparsed() -> None:
+    """grain's worker processes read absl flags, which fails outside `absl.app.run`."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _check_ints(**values: tuple[int | None, int, bool]) -> None:
+    """Checks each value: (value, minimum, None allowed)."""
+    for name, (value, low, optional) in values.items():
+        if value is None and optional:
+            continue
+        if not _is_int(value) or value < low:
+            allowed = f"an int >= {low}" + (" or None" if optional else "")
+            raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+
+
+def make_pipeline(
+    source: Any,
+    *,
+    split: str = "train",
+    global_batch_size: int,
+    image_size: int | tuple[int, int] | None = None,
+    seed: int = 0,
+    shuffle: bool = True,
+    random_flip: bool = False,
+    num_epochs: int | None = None,
+    drop_remainder: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    worker_count: int = 0,
+    read_threads: int = 4,
+    prefetch_batches: int = 4,
+    with_index: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    builder_kwargs: Mapping[str, Any] | None = None,
+) -> grain.DatasetIterator:
+    """Builds this process's iterator over batches of a dataset.
+
+    Args:
+      source: a dataset name for `get_builder` ("digits", "image_folder", "cifar10", ...),
+        a TFDS builder, or a random-access data source of records with an uint8 `image`.
+      split: the split to read.
+      global_batch_size: batch size summed over processes; each process yields
+        `global_batch_size // process_count` examples per batch.
+      image_size: output (H, W) or one int for square; images are resized to cover it and
+        centre-cropped. None keeps the stored size (which must then be fixed).
+      seed: seeds the shuffle (a new permutation every epoch) and the flips; 0 <= seed < 2**32.
+      shuffle: shuffle the records; otherwise read them in stored order.
+      random_flip: flip each image horizontally with probability 1/2.
+      num_epochs: passes over the split; None repeats forever.
+      drop_remainder: drop a final partial batch (and, with several processes, the final
+        batches that not every process would get, so all processes take the same number of
+        steps). Keep True for multi-process training.
+      process_index: this process's index; default `jax.process_index()`.
+      process_count: number of processes; default `jax.process_count()`.
+      worker_count: worker processes that decode batches (0: decode in this process).
+      read_threads: threads that decode batches in each worker (or here).
+      prefetch_batches: batches decoded ahead in each worker (or here).
+      with_index: add `index` (int32 [b]), each record's position in its split.
+      data_dir, download, builder_kwargs: passed to `get_builder` when `source` is a name.
+
+    Returns:
+      An iterator of dicts of numpy arrays: `image` float32 [b, H, W, C] in [-1, 1],
+      `label` int32 [b] and `caption` str [b] when the dataset has them. It has
+      `get_state()` (a JSON-serialisable dict) and `set_state(state)`.
+    """
+    size = _image_hw(image_size)
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    _check_ints(
+        global_batch_size=(global_batch_size, 1, False),
+        process_count=(process_count, 1, False),
+        process_index=(process_index, 0, False),
+        seed=(seed, 0, False),
+        num_epochs=(num_epochs, 1, True),
+        worker_count=(worker_count, 0, False),
+        read_threads=(read_threads, 1, False),
+        prefetch_batches=(prefetch_batches, 0, False),
+    )
+    if process_index >= process_count or global_batch_size % process_count:
+        raise ValueError(
+            f"Need 0 <= process_index < process_count and global_batch_size divisible by "
+            f"process_count; got process_index={process_index}, process_count="
+            f"{process_count}, global_batch_size={global_batch_size}."
+        )
+    if seed >= 2**32:
+        raise ValueError(f"seed must be below 2**32, got {seed}.")
+    kwargs = dict(builder_kwargs or {})
+    if data_dir is not None or download:
+        kwargs.update(data_dir=data_dir, download=download)
+    data, pixel_max, stored_shape = _resolve_source(source, split, kwargs)
+    if size is None and stored_shape is not None and None in stored_shape[:2]:
+        raise ValueError("The images of this dataset differ in size: pass image_size.")
+    if len(data) == 0:
+        raise ValueError(f"The split '{split}' is empty.")
+
+    shuffle_seed, flip_seed = np.random.SeedSequence(seed).generate_state(2)
+    ds = grain.MapDataset.source(data)
+    if with_index:
+        ds = ds.map_with_index(_AddIndex(len(data)))
+    if shuffle:
+        ds = ds.shuffle(seed=int(shuffle_seed))
+    ds = ds.repeat(num_epochs)
+    if random_flip:
+        ds = ds.random_map(_RandomFlip(), seed=int(flip_seed))
+    ds = ds.map(_Preprocess(size, pixel_max))
+    ds = ds.batch(global_batch_size // process_count, drop_remainder=drop_remainder)
+    if num_epochs is not None and drop_remainder:
+        ds = ds[: len(ds) - len(ds) % process_count]
+    ds = ds[process_index::process_count]
+    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+    it_ds = ds.to_iter_dataset(read)
+    if worker_count > 0:
+        _use_default_flags_if_unparsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(it_ds)
+
+
+def _local_data_shards(mesh: jax.sharding.Mesh, data_axes: tuple[str, ...]) -> int:
+    """How many distinct slices of the batch axis this process's devices hold."""
+    axes = [mesh.axis_names.index(a) for a in data_axes]
+    here = jax.process_index()
+    coords = {
+        tuple(idx[a] for a in axes)
+        for idx, device in np.ndenumerate(mesh.devices)
+        if device.process_index == here
+    }
+    return len(coords)
+
+
+def global_batch(
+    batch: Mapping[str, np.ndarray],
+    mesh: jax.sharding.Mesh,
+    data_axis: str | tuple[str, ...] = "data",
+) -> dict[str, Any]:
+    """Assembles the processes' local batches into global arrays sharded over `data_axis`.
+
+    Each process passes its own batch (from `make_pipeline`); the result's leading axis is
+    the global batch, split over the mesh axis (or axes) `data_axis` and replicated over the
+    others. String arrays (captions) are returned unchanged: they stay on the host.
+
+    Args:
+      batch: dict of numpy arrays with the local batch on axis 0.
+      mesh: the device mesh.
+      data_axis: the mesh axis name(s) that split the batch.
+
+    Returns:
+      A dict of `jax.Array` (string arrays left as numpy).
+    """
+    axes = (data_axis,) if isinstance(data_axis, str) else tuple(data_axis)
+    missing = [a for a in axes if a not in mesh.axis_names]
+    if missing:
+        raise ValueError(f"Mesh axes {mesh.axis_names} do not include {missing}.")
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
+    shards = _local_data_shards(mesh, axes)
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if value.dtype.kind in "USO":
+            out[key] = value
+            continue
+        if value.ndim == 0 or value.shape[0] % shards:
+            raise ValueError(
+                f"batch['{key}'] has shape {value.shape}: its leading (batch) axis must be "
+                f"divisible by the {shards} slices of mesh axes {axes} on this process."
+            )
+        out[key] = jax.make_array_from_process_local_data(sharding, value)
+    return out
