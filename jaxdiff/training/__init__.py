@@ -1,0 +1,20 @@
+"""Training engine: train state, pure train step, optimizer, EMA, sharding, checkpoints, loop."""
+
+from jaxdiff.training.ema import ema_decay_schedule, ema_update
+from jaxdiff.training.objective import make_diffusion_loss_fn
+from jaxdiff.training.optim import make_lr_schedule, make_optimizer
+from jaxdiff.training.state import TrainState, create_train_state, make_init_fn
+from jaxdiff.training.step import example_keys, make_train_step
+
+__all__ = [
+    "TrainState",
+    "create_train_state",
+    "ema_decay_schedule",
+    "ema_update",
+    "example_keys",
+    "make_diffusion_loss_fn",
+    "make_init_fn",
+    "make_lr_schedule",
+    "make_optimizer",
+    "make_train_step",
+]

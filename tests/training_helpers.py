@@ -1,0 +1,136 @@
+"""Shared pieces of the training tests and their subprocess scripts: a tiny denoiser, a
+deterministic checkpointable data iterator and a builder for a small train step."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff import schedules
+from jaxdiff.training import (
+    ema_decay_schedule,
+    make_diffusion_loss_fn,
+    make_init_fn,
+    make_lr_schedule,
+    make_optimizer,
+    make_train_step,
+)
+
+IMAGE_SHAPE = (8, 8, 1)
+NUM_CLASSES = 3
+
+
+class TinyDenoiser(nn.Module):
+    """Two convolutions with time and class embeddings; U-Net calling convention."""
+
+    features: int = 16
+    num_classes: int = NUM_CLASSES
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, t, labels=None, context=None, train=False):
+        freqs = jnp.exp(-jnp.arange(4, dtype=jnp.float32))
+        angles = t.astype(jnp.float32)[:, None] * freqs[None]
+        temb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).astype(x.dtype)
+        h = nn.Conv(self.features, (3, 3))(x)
+        h = h + nn.Dense(self.features)(temb)[:, None, None, :]
+        if labels is not None:
+            h = h + nn.Embed(self.num_classes + 1, self.features)(labels)[:, None, None, :]
+        if context is not None:
+            h = h + nn.Dense(self.features)(context.mean(axis=1))[:, None, None, :]
+        h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=not train)
+        return nn.Conv(x.shape[-1], (3, 3))(h)
+
+
+def init_params(model: nn.Module, key: jax.Array):
+    x = jnp.zeros((1, *IMAGE_SHAPE), jnp.float32)
+    return model.init(key, x, jnp.zeros((1,), jnp.float32), labels=jnp.zeros((1,), jnp.int32))[
+        "params"
+    ]
+
+
+def make_batch(seed: int, batch_size: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.uniform(-1, 1, (batch_size, *IMAGE_SHAPE)).astype(np.float32),
+        "label": rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int32),
+    }
+
+
+class CountingIterator:
+    """Deterministic batches indexed by position, with grain-style get_state/set_state."""
+
+    def __init__(self, batch_size: int, seed: int = 0):
+        self.batch_size = batch_size
+        self.seed = seed
+        self.position = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = make_batch(self.seed * 100_003 + self.position, self.batch_size)
+        self.position += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"position": self.position, "seed": self.seed}
+
+    def set_state(self, state: dict) -> None:
+        self.position = int(state["position"])
+        self.seed = int(state["seed"])
+
+
+def build(
+    *,
+    features: int = 16,
+    grad_accum_steps: int = 1,
+    axis_name: str | None = None,
+    compute_dtype=None,
+    cond_drop_prob: float = 0.1,
+    learning_rate: float = 1e-2,
+):
+    """(init_fn, train_step) of a tiny class-conditional denoiser with AdamW + EMA."""
+    model = TinyDenoiser(features=features)
+    lr = make_lr_schedule(learning_rate=learning_rate, warmup_steps=2)
+    optimizer = make_optimizer(learning_rate=lr, weight_decay=1e-4, grad_clip_norm=1.0)
+    loss_fn = make_diffusion_loss_fn(
+        model.apply,
+        schedule=schedules.make_schedule("linear", num_train_timesteps=1000),
+        cond_drop_prob=cond_drop_prob,
+        null_label=NUM_CLASSES,
+        compute_dtype=compute_dtype,
+    )
+    step = make_train_step(
+        loss_fn,
+        optimizer,
+        ema_decay_fn=ema_decay_schedule(decay=0.99),
+        grad_accum_steps=grad_accum_steps,
+        axis_name=axis_name,
+        learning_rate_fn=lr,
+    )
+    return make_init_fn(lambda k: init_params(model, k), optimizer), step
+
+
+@functools.cache
+def jitted(**options):
+    """``build(**options)`` with both functions jitted, cached so tests share compilations."""
+    init_fn, step = build(**options)
+    return jax.jit(init_fn), jax.jit(step)
+
+
+def max_rel_diff(a, b) -> float:
+    """Largest |a - b| / max|b| over the leaves of two pytrees."""
+    diffs = jax.tree.map(
+        lambda x, y: (
+            float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+            / max(float(np.max(np.abs(np.asarray(y)))), 1e-30)
+        ),
+        a,
+        b,
+    )
+    return max(jax.tree.leaves(diffs))
