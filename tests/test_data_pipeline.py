@@ -3,6 +3,7 @@
 import itertools
 import json
 
+import grain
 import jax
 import numpy as np
 import pytest
@@ -37,10 +38,11 @@ def _pipeline(builder, **kwargs):
     return data.make_pipeline(builder, **{**defaults, **kwargs})
 
 
-def test_seeded_order_and_a_new_permutation_each_epoch(arrays_builder):
-    first = _indices(_pipeline(arrays_builder, num_epochs=2))
-    again = _indices(_pipeline(arrays_builder, num_epochs=2))
-    other = _indices(_pipeline(arrays_builder, num_epochs=2, seed=1))
+@pytest.mark.parametrize("cache", [True, False])
+def test_seeded_order_and_a_new_permutation_each_epoch(arrays_builder, cache):
+    first = _indices(_pipeline(arrays_builder, num_epochs=2, cache=cache))
+    again = _indices(_pipeline(arrays_builder, num_epochs=2, cache=cache))
+    other = _indices(_pipeline(arrays_builder, num_epochs=2, seed=1, cache=cache))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     assert len(first) == 2 * N
@@ -49,6 +51,15 @@ def test_seeded_order_and_a_new_permutation_each_epoch(arrays_builder):
     assert not np.array_equal(first[:N], first[N:])
     unshuffled = _indices(_pipeline(arrays_builder, num_epochs=1, shuffle=False))
     np.testing.assert_array_equal(unshuffled, np.arange(N))
+
+
+def test_order_is_grains_shuffle_of_each_epoch(arrays_builder):
+    # The documented stream: epoch e is grain's MapDataset.shuffle permutation, with the seed
+    # derived from the pipeline's seed by SeedSequence.
+    shuffle_seed = int(np.random.SeedSequence(7).generate_state(2)[0])
+    reference = grain.MapDataset.range(N).shuffle(seed=shuffle_seed).repeat(3)
+    got = _indices(_pipeline(arrays_builder, num_epochs=3, seed=7))
+    np.testing.assert_array_equal(got, np.array(list(reference)))
 
 
 def test_records_keep_image_label_and_caption_together(arrays_builder):
@@ -60,10 +71,10 @@ def test_records_keep_image_label_and_caption_together(arrays_builder):
     assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
 
 
-@pytest.mark.parametrize("num_epochs", [1, 3])
-def test_two_processes_split_each_epoch_disjointly(arrays_builder, num_epochs):
+@pytest.mark.parametrize(("num_epochs", "cache"), [(1, True), (3, True), (3, False)])
+def test_two_processes_split_each_epoch_disjointly(arrays_builder, num_epochs, cache):
     # 40 records, local batch 3: batches cross epoch boundaries; keep partial batches.
-    kwargs = dict(global_batch_size=6, num_epochs=num_epochs, drop_remainder=False)
+    kwargs = dict(global_batch_size=6, num_epochs=num_epochs, drop_remainder=False, cache=cache)
     single = list(_pipeline(arrays_builder, process_index=0, process_count=1, **kwargs))
     shards = [
         list(_pipeline(arrays_builder, process_index=p, process_count=2, **kwargs)) for p in (0, 1)
@@ -95,9 +106,9 @@ def test_finite_epochs_give_every_process_the_same_number_of_full_batches(arrays
     assert all(len(b["index"]) == 8 for s in shards for b in s)
 
 
-@pytest.mark.parametrize("worker_count", [0, 1])
-def test_restored_iterator_continues_with_the_next_batch(arrays_builder, worker_count):
-    kwargs = dict(random_flip=True, global_batch_size=6)
+@pytest.mark.parametrize(("worker_count", "cache"), [(0, True), (0, False), (1, False)])
+def test_restored_iterator_continues_with_the_next_batch(arrays_builder, worker_count, cache):
+    kwargs = dict(random_flip=True, global_batch_size=6, cache=cache)
     # Worker processes must not change the data: the reference reads in this process.
     reference = _pipeline(arrays_builder, **kwargs)
     expected = [next(reference) for _ in range(12)]
@@ -115,9 +126,10 @@ def test_restored_iterator_continues_with_the_next_batch(arrays_builder, worker_
             np.testing.assert_array_equal(got[key], want[key])
 
 
-def test_random_flip_mirrors_about_half_the_images(arrays_builder):
-    plain = list(_pipeline(arrays_builder, num_epochs=2))
-    flipped = list(_pipeline(arrays_builder, num_epochs=2, random_flip=True))
+@pytest.mark.parametrize("cache", [True, False])
+def test_random_flip_mirrors_about_half_the_images(arrays_builder, cache):
+    plain = list(_pipeline(arrays_builder, num_epochs=2, cache=cache))
+    flipped = list(_pipeline(arrays_builder, num_epochs=2, random_flip=True, cache=cache))
     a = np.concatenate([b["image"] for b in plain])
     b = np.concatenate([b["image"] for b in flipped])
     np.testing.assert_array_equal(_indices(plain), _indices(flipped))
@@ -126,7 +138,7 @@ def test_random_flip_mirrors_about_half_the_images(arrays_builder):
     assert np.all(same ^ mirrored)
     assert 0.25 < mirrored.mean() < 0.75
     again = np.concatenate(
-        [b["image"] for b in _pipeline(arrays_builder, num_epochs=2, random_flip=True)]
+        [b["image"] for b in _pipeline(arrays_builder, num_epochs=2, random_flip=True, cache=cache)]
     )
     np.testing.assert_array_equal(b, again)
 
@@ -139,6 +151,17 @@ def test_resize_center_crop():
     np.testing.assert_array_equal(data.resize_center_crop(tall, (5, 4)), tall[2:7])
     flat = np.full((7, 3, 3), 77, np.uint8)
     np.testing.assert_array_equal(data.resize_center_crop(flat, (4, 5)), np.full((4, 5, 3), 77))
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_pipeline_resizes_and_crops_the_centre(tmp_path, cache):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, 6, 10, 3), dtype=np.uint8)
+    builder = data.get_builder("arrays", data_dir=tmp_path, images=images)
+    batch = next(
+        data.make_pipeline(builder, global_batch_size=3, image_size=6, shuffle=False, cache=cache)
+    )
+    np.testing.assert_allclose(batch["image"], images[:, :, 2:8] / 127.5 - 1, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [0, -2, (4, 0), (4,), 2.5])

@@ -10,7 +10,8 @@ arrays = global_batch(batch, mesh)              # jax.Arrays sharded over "data"
 
 from jaxdiff.data.builders import DIGITS_NUM_TRAIN, ArrayDataset, Digits
 from jaxdiff.data.folder import ImageFolder, scan_image_folder
-from jaxdiff.data.pipeline import global_batch, make_pipeline, resize_center_crop
+from jaxdiff.data.pipeline import AUTO_CACHE_BYTES, global_batch, make_pipeline
+from jaxdiff.data.reader import resize_center_crop
 from jaxdiff.data.sources import (
     LOCAL_DATASETS,
     DatasetMetadata,
@@ -21,6 +22,7 @@ from jaxdiff.data.sources import (
 )
 
 __all__ = [
+    "AUTO_CACHE_BYTES",
     "DIGITS_NUM_TRAIN",
     "LOCAL_DATASETS",
     "ArrayDataset",

@@ -1,31 +1,36 @@
 """The input pipeline: `tfds.data_source` + grain, deterministic, sharded and resumable.
 
-The record stream is defined once for all processes: the split is shuffled with a seed
-(a new permutation each epoch) and repeated; the random flip of the record at stream
-position i depends only on the seed and i. Consecutive positions are grouped into blocks of
-the per-process batch size and process p takes blocks p, p + P, p + 2P, ... So global step s
-is stream positions [s * B, (s + 1) * B) for the global batch size B, whatever the number of
-processes, and the processes' batches concatenated in process order are the one-process batch.
+One record stream is defined for all processes: stream position i (counting on over epochs)
+holds record `shuffle_e(i mod n)` of the split's n records, where e = i // n and shuffle_e is
+grain's index shuffle seeded with seed + e (the permutation of `grain.MapDataset.shuffle`, a
+new one each epoch); the random flip of position i depends only on the seed and i. The
+stream is cut into blocks of the per-process batch size b and process p reads blocks
+p, p + P, p + 2P, ... So global step s is stream positions [s * B, (s + 1) * B) for the
+global batch size B = P * b, whatever the number of processes, and the processes' batches
+concatenated in process order are the one-process batch.
 
-The returned iterator is a grain `DatasetIterator`: `get_state()` gives a JSON-serialisable
-dict and `set_state(state)` on a new pipeline built with the same arguments continues with
-exactly the next batch.
+grain iterates over batch numbers and maps each to a whole batch (`reader.BatchReader`),
+decoding in threads and, optionally, worker processes. The returned iterator is a grain
+`DatasetIterator`: `get_state()` gives a JSON-serialisable dict and `set_state(state)` on a
+new pipeline built with the same arguments continues with exactly the next batch.
 """
 
 from __future__ import annotations
 
-import os
+import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import grain
 import jax
 import numpy as np
-from PIL import Image
 
+from jaxdiff.data.reader import BatchReader, InMemorySource
 from jaxdiff.data.sources import dataset_metadata, get_builder
 
-_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+AUTO_CACHE_BYTES = 64 << 20
+"""`cache=None` holds a split in memory when its images at output size take at most this."""
 
 
 def _is_int(value: Any) -> bool:
@@ -46,64 +51,6 @@ def _image_hw(image_size: int | tuple[int, int] | None) -> tuple[int, int] | Non
             f"image_size must be a positive int or a pair of positive ints, got {image_size!r}."
         )
     return int(hw[0]), int(hw[1])
-
-
-def resize_center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resizes uint8 `[h, w, C]` so it covers `size` = (H, W), then crops the centre.
-
-    Cropping the largest centred box of the target's aspect ratio and resizing it (bicubic,
-    antialiased when shrinking) is the same as resize-shorter-side-then-centre-crop.
-    """
-    h, w, channels = image.shape
-    if (h, w) == size:
-        return image
-    scale = min(h / size[0], w / size[1])
-    box_h, box_w = size[0] * scale, size[1] * scale
-    top, left = (h - box_h) / 2, (w - box_w) / 2
-    pil = Image.fromarray(image[..., 0] if channels == 1 else image, mode=_MODES[channels])
-    pil = pil.resize(
-        (size[1], size[0]), Image.Resampling.BICUBIC, box=(left, top, left + box_w, top + box_h)
-    )
-    return np.asarray(pil).reshape(size[0], size[1], channels)
-
-
-class _Preprocess(grain.transforms.Map):
-    """Record -> {"image": float32 [H, W, C] in [-1, 1], "label", "caption", "index"}."""
-
-    def __init__(self, size: tuple[int, int] | None, pixel_max: int):
-        self._size = size
-        self._scale = 2.0 / pixel_max
-
-    def map(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
-        image = record["image"]
-        if self._size is not None:
-            image = resize_center_crop(image, self._size)
-        out = {"image": image.astype(np.float32) * np.float32(self._scale) - np.float32(1.0)}
-        if "label" in record:
-            out["label"] = np.int32(record["label"])
-        if "caption" in record:
-            caption = record["caption"]
-            out["caption"] = np.str_(caption.decode() if isinstance(caption, bytes) else caption)
-        if "index" in record:
-            out["index"] = np.int32(record["index"])
-        return out
-
-
-class _AddIndex(grain.transforms.MapWithIndex):
-    """Adds the record's position in its split (the index seen here counts on across epochs)."""
-
-    def __init__(self, split_size: int):
-        self._split_size = split_size
-
-    def map_with_index(self, index: int, record: dict[str, Any]) -> dict[str, Any]:
-        return {**record, "index": index % self._split_size}
-
-
-class _RandomFlip(grain.transforms.RandomMap):
-    def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        if rng.random() < 0.5:
-            record = {**record, "image": record["image"][:, ::-1]}
-        return record
 
 
 def _resolve_source(source: Any, split: str, builder_kwargs: Mapping[str, Any]):
@@ -148,6 +95,39 @@ def _check_ints(**values: tuple[int | None, int, bool]) -> None:
             raise ValueError(f"{name} must be {allowed}, got {value!r}.")
 
 
+def _check_sharding(global_batch_size: int, index: int, count: int, seed: int) -> None:
+    if index >= count or global_batch_size % count:
+        raise ValueError(
+            "Need 0 <= process_index < process_count and global_batch_size divisible by "
+            f"process_count; got process_index={index}, process_count={count}, "
+            f"global_batch_size={global_batch_size}."
+        )
+    if seed >= 2**32:
+        raise ValueError(f"seed must be below 2**32, got {seed}.")
+
+
+def _num_local_batches(
+    n: int, num_epochs: int | None, b: int, p: int, count: int, drop_remainder: bool
+) -> tuple[int, int | None]:
+    """(batches process p reads, stream length or None when endless)."""
+    if num_epochs is None:
+        return sys.maxsize // (b * count), None
+    total = num_epochs * n
+    if drop_remainder:
+        return total // (b * count), total
+    blocks = math.ceil(total / b)
+    return max(0, math.ceil((blocks - p) / count)), total
+
+
+def _should_cache(cache: bool | None, n: int, shape: tuple | None, size: tuple | None) -> bool:
+    if cache is not None:
+        return cache
+    h, w, c = shape if shape is not None else (None, None, None)
+    if size is not None:
+        h, w = size
+    return None not in (h, w, c) and n * h * w * c <= AUTO_CACHE_BYTES
+
+
 def make_pipeline(
     source: Any,
     *,
@@ -162,10 +142,11 @@ def make_pipeline(
     process_index: int | None = None,
     process_count: int | None = None,
     worker_count: int = 0,
-    read_threads: int = 4,
+    read_threads: int = 2,
     prefetch_batches: int = 4,
+    cache: bool | None = None,
     with_index: bool = False,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | None = None,
     download: bool = False,
     builder_kwargs: Mapping[str, Any] | None = None,
 ) -> grain.DatasetIterator:
@@ -183,14 +164,15 @@ def make_pipeline(
       shuffle: shuffle the records; otherwise read them in stored order.
       random_flip: flip each image horizontally with probability 1/2.
       num_epochs: passes over the split; None repeats forever.
-      drop_remainder: drop a final partial batch (and, with several processes, the final
-        batches that not every process would get, so all processes take the same number of
-        steps). Keep True for multi-process training.
+      drop_remainder: drop a final partial global batch, so all processes take the same
+        number of full steps. Keep True for multi-process training.
       process_index: this process's index; default `jax.process_index()`.
       process_count: number of processes; default `jax.process_count()`.
-      worker_count: worker processes that decode batches (0: decode in this process).
-      read_threads: threads that decode batches in each worker (or here).
-      prefetch_batches: batches decoded ahead in each worker (or here).
+      worker_count: worker processes that read batches (0: read in this process).
+      read_threads: threads that read batches in each worker (or here).
+      prefetch_batches: batches read ahead in each worker (or here).
+      cache: read the split once into memory (at output size) and serve batches from there.
+        None: when its images take at most `AUTO_CACHE_BYTES`.
       with_index: add `index` (int32 [b]), each record's position in its split.
       data_dir, download, builder_kwargs: passed to `get_builder` when `source` is a name.
 
@@ -212,43 +194,39 @@ def make_pipeline(
         read_threads=(read_threads, 1, False),
         prefetch_batches=(prefetch_batches, 0, False),
     )
-    if process_index >= process_count or global_batch_size % process_count:
-        raise ValueError(
-            f"Need 0 <= process_index < process_count and global_batch_size divisible by "
-            f"process_count; got process_index={process_index}, process_count="
-            f"{process_count}, global_batch_size={global_batch_size}."
-        )
-    if seed >= 2**32:
-        raise ValueError(f"seed must be below 2**32, got {seed}.")
+    _check_sharding(global_batch_size, process_index, process_count, seed)
     kwargs = dict(builder_kwargs or {})
     if data_dir is not None or download:
         kwargs.update(data_dir=data_dir, download=download)
     data, pixel_max, stored_shape = _resolve_source(source, split, kwargs)
     if size is None and stored_shape is not None and None in stored_shape[:2]:
         raise ValueError("The images of this dataset differ in size: pass image_size.")
-    if len(data) == 0:
+    n = len(data)
+    if n == 0:
         raise ValueError(f"The split '{split}' is empty.")
+    if _should_cache(cache, n, stored_shape, size):
+        data = InMemorySource(data, size)
 
-    shuffle_seed, flip_seed = np.random.SeedSequence(seed).generate_state(2)
-    ds = grain.MapDataset.source(data)
-    if with_index:
-        ds = ds.map_with_index(_AddIndex(len(data)))
-    if shuffle:
-        ds = ds.shuffle(seed=int(shuffle_seed))
-    ds = ds.repeat(num_epochs)
-    if random_flip:
-        ds = ds.random_map(_RandomFlip(), seed=int(flip_seed))
-    ds = ds.map(_Preprocess(size, pixel_max))
-    ds = ds.batch(global_batch_size // process_count, drop_remainder=drop_remainder)
-    if num_epochs is not None and drop_remainder:
-        ds = ds[: len(ds) - len(ds) % process_count]
-    ds = ds[process_index::process_count]
+    local_batch = global_batch_size // process_count
+    count, total = _num_local_batches(
+        n, num_epochs, local_batch, process_index, process_count, drop_remainder
+    )
+    shuffle_seed, flip_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
+    reader = BatchReader(
+        data,
+        size=size,
+        pixel_max=pixel_max,
+        layout=(local_batch, process_index, process_count, total),
+        shuffle_seed=shuffle_seed if shuffle else None,
+        flip_seed=flip_seed if random_flip else None,
+        with_index=with_index,
+    )
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
-    it_ds = ds.to_iter_dataset(read)
+    ds = grain.MapDataset.range(count).map(reader).to_iter_dataset(read)
     if worker_count > 0:
         _use_default_flags_if_unparsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return iter(it_ds)
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(ds)
 
 
 def _local_data_shards(mesh: jax.sharding.Mesh, data_axes: tuple[str, ...]) -> int:
