@@ -123,6 +123,18 @@ def jitted(**options):
     return jax.jit(init_fn), jax.jit(step)
 
 
+@functools.cache
+def reference_run(num_steps: int, batch_size: int):
+    """State after ``num_steps`` steps of :func:`build` on one device (host copy, cached)."""
+    device = jax.devices()[0]
+    init_fn, step = jitted()
+    state = jax.device_put(init_fn(jax.random.key(1)), device)
+    for i in range(num_steps):
+        batch = jax.device_put(make_batch(i, batch_size), device)
+        state, _ = step(state, batch, jax.random.key(0))
+    return jax.device_get(state)
+
+
 def max_rel_diff(a, b) -> float:
     """Largest |a - b| / max|b| over the leaves of two pytrees."""
     diffs = jax.tree.map(

@@ -3,11 +3,35 @@
 from jaxdiff.training.ema import ema_decay_schedule, ema_update
 from jaxdiff.training.objective import make_diffusion_loss_fn
 from jaxdiff.training.optim import make_lr_schedule, make_optimizer
+from jaxdiff.training.sharding import (
+    batch_sharding,
+    global_batch,
+    init_sharded_state,
+    jit_train_step,
+    make_mesh,
+    pmap_train_step,
+    replicate,
+    replicated,
+    split_for_pmap,
+    state_shardings,
+    unreplicate,
+)
 from jaxdiff.training.state import TrainState, create_train_state, make_init_fn
 from jaxdiff.training.step import example_keys, make_train_step
 
 __all__ = [
     "TrainState",
+    "batch_sharding",
+    "global_batch",
+    "init_sharded_state",
+    "jit_train_step",
+    "make_mesh",
+    "pmap_train_step",
+    "replicate",
+    "replicated",
+    "split_for_pmap",
+    "state_shardings",
+    "unreplicate",
     "create_train_state",
     "ema_decay_schedule",
     "ema_update",
