@@ -1,6 +1,8 @@
 """TFDS builders: digits, image folder, arrays, catalog errors. No test touches the network."""
 
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -216,3 +218,26 @@ def test_catalog_preparation_without_tensorflow_says_what_to_install(tmp_path, m
 def test_unknown_dataset_name(tmp_path):
     with pytest.raises(ValueError, match="Unknown dataset 'no_such_dataset'"):
         data.get_builder("no_such_dataset", data_dir=tmp_path)
+
+
+def test_processes_sharing_a_data_dir_prepare_once(tmp_path):
+    # Both start preparing at once; the lock makes the second reuse the first's files.
+    script = (
+        "import sys; from jaxdiff import data; "
+        "b = data.get_builder('digits', data_dir=sys.argv[1]); "
+        "print(len(b.as_data_source(split='train')))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    assert [out.split()[-1] for out, _ in results] == ["1500", "1500"]
+    assert sum("Dataset digits downloaded and prepared" in out for out, _ in results) == 1
+    assert [p.name for p in (tmp_path / "digits").iterdir()] == ["1.0.0"]
