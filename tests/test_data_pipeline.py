@@ -179,6 +179,7 @@ def test_non_positive_image_size_is_rejected(arrays_builder, size):
         (dict(seed=-1), "seed"),
         (dict(num_epochs=0), "num_epochs"),
         (dict(split="validation"), "no split 'validation'"),
+        (dict(global_batch_size=64, num_epochs=1), "do not fill one global batch"),
     ],
 )
 def test_invalid_arguments(arrays_builder, kwargs, match):

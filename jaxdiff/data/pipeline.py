@@ -18,6 +18,7 @@ new pipeline built with the same arguments continues with exactly the next batch
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -146,7 +147,7 @@ def make_pipeline(
     prefetch_batches: int = 4,
     cache: bool | None = None,
     with_index: bool = False,
-    data_dir: str | None = None,
+    data_dir: str | os.PathLike | None = None,
     download: bool = False,
     builder_kwargs: Mapping[str, Any] | None = None,
 ) -> grain.DatasetIterator:
@@ -211,6 +212,11 @@ def make_pipeline(
     count, total = _num_local_batches(
         n, num_epochs, local_batch, process_index, process_count, drop_remainder
     )
+    if count == 0 and drop_remainder:
+        raise ValueError(
+            f"{num_epochs} epoch(s) of the {n} records of split '{split}' do not fill one "
+            f"global batch of {global_batch_size}: use drop_remainder=False or a smaller batch."
+        )
     shuffle_seed, flip_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
     reader = BatchReader(
         data,
@@ -251,6 +257,11 @@ def global_batch(
     Each process passes its own batch (from `make_pipeline`); the result's leading axis is
     the global batch, split over the mesh axis (or axes) `data_axis` and replicated over the
     others. String arrays (captions) are returned unchanged: they stay on the host.
+
+    This assumes that processes hold distinct slices of the batch axis, in process order,
+    as the `make_pipeline` layout does (`process_index`/`process_count` = the process's
+    slice of the data axis; true for the meshes `jax.make_mesh` builds when the batch is
+    split over all devices).
 
     Args:
       batch: dict of numpy arrays with the local batch on axis 0.
