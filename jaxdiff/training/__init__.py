@@ -1,5 +1,6 @@
 """Training engine: train state, pure train step, optimizer, EMA, sharding, checkpoints, loop."""
 
+from jaxdiff.training.checkpoint import Checkpointer, Restored, abstract_like, with_shardings
 from jaxdiff.training.ema import ema_decay_schedule, ema_update
 from jaxdiff.training.objective import make_diffusion_loss_fn
 from jaxdiff.training.optim import make_lr_schedule, make_optimizer
@@ -20,6 +21,10 @@ from jaxdiff.training.state import TrainState, create_train_state, make_init_fn
 from jaxdiff.training.step import example_keys, make_train_step
 
 __all__ = [
+    "Checkpointer",
+    "Restored",
+    "abstract_like",
+    "with_shardings",
     "TrainState",
     "batch_sharding",
     "global_batch",

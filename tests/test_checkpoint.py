@@ -1,0 +1,101 @@
+"""Orbax checkpoints: contents, retention, restore onto another device count, corruption."""
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from training_helpers import build, make_batch, max_rel_diff
+
+from jaxdiff.training import sharding as sh
+from jaxdiff.training.checkpoint import Checkpointer, abstract_like, with_shardings
+
+
+def _small_state(value: float):
+    return {"w": jnp.full((4, 3), value), "step": jnp.int32(value)}
+
+
+def test_saves_state_data_iterator_and_config(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, _small_state(1.0), data_state=b"\x00grain\xff", config={"lr": 1e-3})
+        ckpt.save(2, _small_state(2.0), data_state={"position": 7}, config={"dtype": jnp.float32})
+        ckpt.wait()
+        assert ckpt.all_steps() == [1, 2]
+        first = ckpt.restore(_small_state(0.0), step=1)
+        latest = ckpt.restore(_small_state(0.0))
+    assert first.data_state == b"\x00grain\xff" and first.config == {"lr": 1e-3}
+    np.testing.assert_array_equal(first.state["w"], np.ones((4, 3)))
+    assert latest.step == 2 and latest.data_state == {"position": 7}
+    assert latest.config == {"dtype": "float32"}
+    assert {"config", "data", "state"} <= set(os.listdir(tmp_path / "2"))
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        Checkpointer(tmp_path / "other").save(1, _small_state(1.0), data_state=object())
+
+
+def test_keeps_last_n_and_the_best(tmp_path):
+    losses = [5.0, 1.0, 4.0, 3.0, 6.0, 7.0]
+    with Checkpointer(tmp_path, max_to_keep=2, keep_best=True, best_metric="loss") as ckpt:
+        for step, loss in enumerate(losses, start=1):
+            ckpt.save(step, _small_state(step), metrics={"loss": loss})
+        ckpt.wait()
+        assert ckpt.all_steps() == [2, 5, 6]
+    with Checkpointer(tmp_path / "plain", max_to_keep=2) as ckpt:
+        for step in range(1, 5):
+            ckpt.save(step, _small_state(step))
+        ckpt.wait()
+        assert ckpt.all_steps() == [3, 4]
+
+
+def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path):
+    ckpt = Checkpointer(tmp_path)
+    for step in (1, 2, 3):
+        ckpt.save(step, _small_state(step), data_state={"position": step})
+    ckpt.wait()
+    for path in glob.glob(str(tmp_path / "3" / "state" / "**" / "*"), recursive=True):
+        if os.path.isfile(path) and "manifest" not in path:
+            with open(path, "r+b") as f:
+                f.truncate(3)
+    os.makedirs(tmp_path / "4.orbax-checkpoint-tmp" / "state")  # an unfinished write
+    with pytest.warns(UserWarning, match="step 3 .* could not be restored"):
+        restored = Checkpointer(tmp_path).restore_latest(_small_state(0.0))
+    assert restored.step == 2 and restored.data_state == {"position": 2}
+    np.testing.assert_array_equal(restored.state["w"], np.full((4, 3), 2.0))
+    assert os.path.isdir(tmp_path / "3.corrupt")
+    # Training goes on from step 2 and can write step 3 again.
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(3, _small_state(30.0))
+    ckpt.wait()
+    assert ckpt.restore(_small_state(0.0)).state["step"] == 30
+    assert Checkpointer(tmp_path / "empty").restore_latest(_small_state(0.0)) is None
+
+
+def test_checkpoint_from_8_devices_restores_on_1_and_training_continues(tmp_path):
+    init_fn, step_fn = build()
+    mesh8 = sh.make_mesh(fsdp=4)
+    state8, shardings8 = sh.init_sharded_state(init_fn, jax.random.key(1), mesh8, min_fsdp_size=1)
+    step8 = sh.jit_train_step(step_fn, mesh8, shardings8)
+    key = jax.random.key(0)
+    state8, _ = step8(state8, sh.global_batch(make_batch(0, 16), mesh8), key)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state8)
+    assert any("fsdp" in s.spec for s in jax.tree.leaves(shardings8))
+
+    mesh1 = sh.make_mesh(devices=jax.devices()[:1])
+    abstract = jax.eval_shape(init_fn, jax.random.key(1))
+    shardings1 = sh.state_shardings(abstract, mesh1)
+    restored = Checkpointer(tmp_path).restore_latest(with_shardings(abstract, shardings1))
+    state1 = restored.state
+    assert {x.sharding.num_devices for x in jax.tree.leaves(state1)} == {1}
+    assert max_rel_diff(jax.device_get(state1), jax.device_get(state8)) == 0.0
+    step1 = sh.jit_train_step(step_fn, mesh1, shardings1)
+    batch = make_batch(1, 16)
+    state1, _ = step1(state1, sh.global_batch(batch, mesh1), key)
+    state8, _ = step8(state8, sh.global_batch(batch, mesh8), key)
+    assert int(state1.step) == 2
+    assert max_rel_diff(jax.device_get(state1), jax.device_get(state8)) <= 1e-5
+    assert (
+        abstract_like(state1).params["Conv_0"]["kernel"].sharding
+        == state1.params["Conv_0"]["kernel"].sharding
+    )
