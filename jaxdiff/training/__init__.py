@@ -2,6 +2,7 @@
 
 from jaxdiff.training.checkpoint import Checkpointer, Restored, abstract_like, with_shardings
 from jaxdiff.training.ema import ema_decay_schedule, ema_update
+from jaxdiff.training.loop import LoopResult, NonFiniteLossError, train_loop
 from jaxdiff.training.objective import make_diffusion_loss_fn
 from jaxdiff.training.optim import make_lr_schedule, make_optimizer
 from jaxdiff.training.sharding import (
@@ -21,6 +22,9 @@ from jaxdiff.training.state import TrainState, create_train_state, make_init_fn
 from jaxdiff.training.step import example_keys, make_train_step
 
 __all__ = [
+    "LoopResult",
+    "NonFiniteLossError",
+    "train_loop",
     "Checkpointer",
     "Restored",
     "abstract_like",
