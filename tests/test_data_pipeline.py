@@ -3,13 +3,13 @@
 import itertools
 import json
 
-import grain
 import jax
 import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxdiff import data
+from jaxdiff.data import reader
 
 N = 40  # records of the small array dataset
 
@@ -38,8 +38,11 @@ def _pipeline(builder, **kwargs):
     return data.make_pipeline(builder, **{**defaults, **kwargs})
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_seeded_order_and_a_new_permutation_each_epoch(arrays_builder, cache):
+@pytest.mark.parametrize(("cache", "table_max"), [(True, reader.TABLE_MAX), (False, 10)])
+def test_seeded_order_and_a_new_permutation_each_epoch(
+    arrays_builder, cache, table_max, monkeypatch
+):
+    monkeypatch.setattr(reader, "TABLE_MAX", table_max)  # 10: the per-batch permutation
     first = _indices(_pipeline(arrays_builder, num_epochs=2, cache=cache))
     again = _indices(_pipeline(arrays_builder, num_epochs=2, cache=cache))
     other = _indices(_pipeline(arrays_builder, num_epochs=2, seed=1, cache=cache))
@@ -53,13 +56,21 @@ def test_seeded_order_and_a_new_permutation_each_epoch(arrays_builder, cache):
     np.testing.assert_array_equal(unshuffled, np.arange(N))
 
 
-def test_order_is_grains_shuffle_of_each_epoch(arrays_builder):
-    # The documented stream: epoch e is grain's MapDataset.shuffle permutation, with the seed
-    # derived from the pipeline's seed by SeedSequence.
-    shuffle_seed = int(np.random.SeedSequence(7).generate_state(2)[0])
-    reference = grain.MapDataset.range(N).shuffle(seed=shuffle_seed).repeat(3)
-    got = _indices(_pipeline(arrays_builder, num_epochs=3, seed=7))
-    np.testing.assert_array_equal(got, np.array(list(reference)))
+def test_permutations_are_bijections_and_the_small_split_one_is_uniform():
+    for n in (1, 2, 3, 40, 1797, 4099):
+        np.testing.assert_array_equal(np.sort(reader.permutation(n, 5)), np.arange(n))
+        perm = reader.permute(np.arange(n), n, 5)
+        np.testing.assert_array_equal(np.sort(perm), np.arange(n))
+        np.testing.assert_array_equal(reader.permute(np.arange(n)[::7], n, 5), perm[::7])
+    # Where each of 5 records lands over 2000 epochs: a chi-square test of uniformity.
+    n, trials = 5, 2000
+    counts = np.zeros((n, n))
+    for epoch in range(trials):
+        counts[np.arange(n), reader.permutation(n, reader.epoch_seed(3, epoch))] += 1
+    expected = trials / n
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    # 25 cells with fixed row and column sums: 16 degrees of freedom; P(chi2 > 39) < 1e-3.
+    assert chi2 < 39, counts
 
 
 def test_records_keep_image_label_and_caption_together(arrays_builder):

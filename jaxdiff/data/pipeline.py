@@ -1,13 +1,14 @@
 """The input pipeline: `tfds.data_source` + grain, deterministic, sharded and resumable.
 
 One record stream is defined for all processes: stream position i (counting on over epochs)
-holds record `shuffle_e(i mod n)` of the split's n records, where e = i // n and shuffle_e is
-grain's index shuffle seeded with seed + e (the permutation of `grain.MapDataset.shuffle`, a
-new one each epoch); the random flip of position i depends only on the seed and i. The
-stream is cut into blocks of the per-process batch size b and process p reads blocks
-p, p + P, p + 2P, ... So global step s is stream positions [s * B, (s + 1) * B) for the
-global batch size B = P * b, whatever the number of processes, and the processes' batches
-concatenated in process order are the one-process batch.
+holds record `perm_e(i mod n)` of the split's n records, where e = i // n and perm_e is a
+seeded pseudo-random permutation, a new one each epoch (`reader.permutation`, or
+`reader.permute` for splits over `reader.TABLE_MAX` records); the random flip
+of position i depends only on the seed and i. The stream is cut into blocks of the
+per-process batch size b and process p reads blocks p, p + P, p + 2P, ... So global step s
+is stream positions [s * B, (s + 1) * B) for the global batch size B = P * b, whatever the
+number of processes, and the processes' batches concatenated in process order are the
+one-process batch.
 
 grain iterates over batch numbers and maps each to a whole batch (`reader.BatchReader`),
 decoding in threads and, optionally, worker processes. The returned iterator is a grain

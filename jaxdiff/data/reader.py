@@ -92,6 +92,52 @@ def flip_mask(seed: int, positions: np.ndarray) -> np.ndarray:
     return (_splitmix64(keyed) >> np.uint64(63)).astype(bool)
 
 
+def permutation(n: int, seed: int) -> np.ndarray:
+    """A seeded uniformly random permutation of [0, n): sorts n hashed keys. O(n) memory."""
+    keys = _splitmix64(_splitmix64(np.uint64(seed)) ^ np.arange(n, dtype=np.uint64))
+    return np.argsort(keys, kind="stable")
+
+
+def permute(indices: np.ndarray, n: int, seed: int, rounds: int = 8) -> np.ndarray:
+    """Where a seeded pseudo-random permutation of [0, n) sends `indices`, in O(1) memory.
+
+    For splits too large to hold `permutation(n)`: a balanced Feistel network on the 2k-bit
+    numbers (the smallest such domain holding n, so under 4n) with SplitMix64 round
+    functions, restricted to [0, n) by cycle walking (values that land outside go through
+    the network again). Close to uniform for large n; for tiny n (a few bits per half) it
+    reaches only some permutations, which is why small splits use `permutation`.
+    """
+    if n == 1:
+        return np.zeros_like(indices, dtype=np.int64)
+    half = np.uint64((int(n - 1).bit_length() + 1) // 2)
+    mask = (np.uint64(1) << half) - np.uint64(1)
+    keys = _splitmix64(_splitmix64(np.uint64(seed)) + np.arange(rounds, dtype=np.uint64))
+
+    def network(x: np.ndarray) -> np.ndarray:
+        left, right = x >> half, x & mask
+        for key in keys:
+            left, right = right, left ^ (_splitmix64(right ^ key) & mask)
+        return (left << half) | right
+
+    x = network(np.asarray(indices, np.uint64))
+    outside = x >= n
+    while outside.any():
+        x[outside] = network(x[outside])
+        outside = x >= n
+    return x.astype(np.int64)
+
+
+def epoch_seed(seed: int, epoch: int | np.ndarray) -> np.ndarray:
+    """The permutation seed of an epoch (uint64): every epoch is shuffled differently."""
+    with np.errstate(over="ignore"):
+        return _splitmix64(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch))
+
+
+TABLE_MAX = 1 << 22
+"""Up to this many records an epoch's order is `permutation` (kept per epoch), beyond it
+`permute` (computed per batch)."""
+
+
 class BatchReader(grain.transforms.Map):
     """Local batch number -> batch dict, by the layout in `jaxdiff.data.pipeline`."""
 
@@ -114,7 +160,7 @@ class BatchReader(grain.transforms.Map):
           pixel_max: stored value that maps to 1.0.
           layout: (per-process batch size, process index, process count, stream length or
             None when endless).
-          shuffle_seed: seed of epoch 0's permutation (epoch e uses seed + e); None: no shuffle.
+          shuffle_seed: seed of the permutations (see `epoch_seed`); None: no shuffle.
           flip_seed: seed of the horizontal flips; None: no flips.
           with_index: add each record's index in the split as `index`.
         """
@@ -123,24 +169,34 @@ class BatchReader(grain.transforms.Map):
         self._scale = np.float32(2.0 / pixel_max)
         self._b, self._p, self._count, self._total = layout
         self._shuffle_seed, self._flip_seed = shuffle_seed, flip_seed
+        self._tables: dict[int, np.ndarray] = {}
         self._with_index = with_index
 
     def record_indices(self, positions: np.ndarray) -> np.ndarray:
-        """Stream positions -> record indices: epoch e is permuted like grain's shuffle."""
+        """Stream positions -> record indices (each epoch its own permutation)."""
         n = len(self._source)
         epochs, in_epoch = np.divmod(positions, n)
-        if self._shuffle_seed is None or n == 1:
+        if self._shuffle_seed is None:
             return in_epoch
-        shuffle = grain.experimental.index_shuffle
-        return np.array(
-            [
-                shuffle(
-                    int(i), max_index=n - 1, seed=int((self._shuffle_seed + e) % 2**32), rounds=4
-                )
-                for i, e in zip(in_epoch, epochs, strict=True)
-            ],
-            np.int64,
-        )
+        out = np.empty_like(in_epoch)
+        for epoch in np.unique(epochs):
+            here = epochs == epoch
+            out[here] = self._epoch_permutation(int(epoch), in_epoch[here], n)
+        return out
+
+    def _epoch_permutation(self, epoch: int, indices: np.ndarray, n: int) -> np.ndarray:
+        seed = epoch_seed(self._shuffle_seed, epoch)
+        if n > TABLE_MAX:
+            return permute(indices, n, seed)
+        table = self._tables.get(epoch)
+        if table is None:
+            table = permutation(n, seed)
+            # Keep the last two epochs: a batch (or a prefetch thread) may straddle two. The
+            # dict is replaced, never changed, as reader threads may be looking at it.
+            tables = {e: t for e, t in self._tables.items() if e == epoch - 1}
+            tables[epoch] = table
+            self._tables = tables
+        return table[indices]
 
     def map(self, batch_number: int) -> dict[str, np.ndarray]:
         start = (batch_number * self._count + self._p) * self._b
