@@ -7,7 +7,7 @@ Measures images/s of `jaxdiff.data.make_pipeline` on
     every read (what a large dataset does),
 and images/s of the default training step (the DIGITS U-Net, batch 64, AdamW, EMA) alone and
 fed by the digits pipeline. A small conv denoiser stands in for the step where the model or
-the training engine is not importable. Runs are interleaved; medians are printed.
+the training engine cannot be built. Runs are interleaved; medians are printed.
 
     python benchmarks/input_pipeline.py                 # ~2 min on a 2-core CPU
     python benchmarks/input_pipeline.py --repeats 5 --worker-count 1

@@ -69,7 +69,7 @@ def test_permutations_are_bijections_and_the_small_split_one_is_uniform():
         counts[np.arange(n), reader.permutation(n, reader.epoch_seed(3, epoch))] += 1
     expected = trials / n
     chi2 = ((counts - expected) ** 2 / expected).sum()
-    # 25 cells with fixed row and column sums: 16 degrees of freedom; P(chi2 > 39) < 1e-3.
+    # 25 cells with fixed row and column sums: 16 degrees of freedom; P(chi2 > 39) ~ 1e-3.
     assert chi2 < 39, counts
 
 

@@ -1,11 +1,13 @@
 """Datasets (TFDS builders, prepared as array_record) and the grain input pipeline.
 
-builder = get_builder("digits")                 # prepared once, then reused
-meta = dataset_metadata(builder)                # image shape, classes, split sizes
-it = make_pipeline(builder, split="train", global_batch_size=64, seed=0)
-batch = next(it)                                # {"image": [b, 8, 8, 1] in [-1, 1], ...}
-state = it.get_state()                          # JSON-serialisable; set_state resumes
-arrays = global_batch(batch, mesh)              # jax.Arrays sharded over "data"
+Typical use::
+
+    builder = get_builder("digits")          # prepared once, then reused
+    meta = dataset_metadata(builder)         # image shape, classes, split sizes
+    it = make_pipeline(builder, split="train", global_batch_size=64, seed=0)
+    batch = next(it)                         # {"image": [b, 8, 8, 1] in [-1, 1], "label", ...}
+    state = it.get_state()                   # JSON-serialisable; set_state(state) resumes
+    arrays = global_batch(batch, mesh)       # jax.Arrays sharded over the mesh axis "data"
 """
 
 from jaxdiff.data.builders import DIGITS_NUM_TRAIN, ArrayDataset, Digits
