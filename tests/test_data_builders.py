@@ -241,3 +241,10 @@ def test_processes_sharing_a_data_dir_prepare_once(tmp_path):
     assert [out.split()[-1] for out, _ in results] == ["1500", "1500"]
     assert sum("Dataset digits downloaded and prepared" in out for out, _ in results) == 1
     assert [p.name for p in (tmp_path / "digits").iterdir()] == ["1.0.0"]
+
+
+def test_default_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXDIFF_DATA_DIR", str(tmp_path))
+    assert data.default_data_dir() == tmp_path
+    monkeypatch.delenv("JAXDIFF_DATA_DIR")
+    assert data.default_data_dir().parts[-3:] == (".cache", "jaxdiff", "tensorflow_datasets")
