@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from training_helpers import build, make_batch, max_rel_diff
+from training_helpers import FAST_COMPILE, build, make_batch, max_rel_diff
 
 from jaxdiff.training import sharding as sh
 from jaxdiff.training.checkpoint import Checkpointer, abstract_like, with_shardings
@@ -74,8 +74,10 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path):
 def test_checkpoint_from_8_devices_restores_on_1_and_training_continues(tmp_path):
     init_fn, step_fn = build()
     mesh8 = sh.make_mesh(fsdp=4)
-    state8, shardings8 = sh.init_sharded_state(init_fn, jax.random.key(1), mesh8, min_fsdp_size=1)
-    step8 = sh.jit_train_step(step_fn, mesh8, shardings8)
+    state8, shardings8 = sh.init_sharded_state(
+        init_fn, jax.random.key(1), mesh8, min_fsdp_size=1, compiler_options=FAST_COMPILE
+    )
+    step8 = sh.jit_train_step(step_fn, mesh8, shardings8, compiler_options=FAST_COMPILE)
     key = jax.random.key(0)
     state8, _ = step8(state8, sh.global_batch(make_batch(0, 16), mesh8), key)
     with Checkpointer(tmp_path) as ckpt:
@@ -89,7 +91,7 @@ def test_checkpoint_from_8_devices_restores_on_1_and_training_continues(tmp_path
     state1 = restored.state
     assert {x.sharding.num_devices for x in jax.tree.leaves(state1)} == {1}
     assert max_rel_diff(jax.device_get(state1), jax.device_get(state8)) == 0.0
-    step1 = sh.jit_train_step(step_fn, mesh1, shardings1)
+    step1 = sh.jit_train_step(step_fn, mesh1, shardings1, compiler_options=FAST_COMPILE)
     batch = make_batch(1, 16)
     state1, _ = step1(state1, sh.global_batch(batch, mesh1), key)
     state8, _ = step8(state8, sh.global_batch(batch, mesh8), key)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from training_helpers import build, make_batch, max_rel_diff, reference_run
+from training_helpers import FAST_COMPILE, build, make_batch, max_rel_diff, reference_run
 
 from jaxdiff.training import sharding as sh
 
@@ -34,8 +34,9 @@ def test_fsdp_divides_per_device_parameter_memory_by_eight():
     init_fn, _ = build(features=64)
     key = jax.random.key(0)
     # min_fsdp_size=1: at this tiny size every array with a dimension divisible by 8 is split.
-    repl_state, _ = sh.init_sharded_state(init_fn, key, sh.make_mesh(fsdp=1), min_fsdp_size=1)
-    fsdp_state, _ = sh.init_sharded_state(init_fn, key, sh.make_mesh(fsdp=8), min_fsdp_size=1)
+    kw = {"min_fsdp_size": 1, "compiler_options": FAST_COMPILE}
+    repl_state, _ = sh.init_sharded_state(init_fn, key, sh.make_mesh(fsdp=1), **kw)
+    fsdp_state, _ = sh.init_sharded_state(init_fn, key, sh.make_mesh(fsdp=8), **kw)
     for part in ("params", "ema_params", "opt_state"):
         full = _per_device_bytes(getattr(repl_state, part))
         ratio = _per_device_bytes(getattr(fsdp_state, part)) / full
@@ -51,9 +52,9 @@ def test_fsdp_divides_per_device_parameter_memory_by_eight():
 def _run_jit(mesh, min_fsdp_size):
     init_fn, step = build()
     state, shardings = sh.init_sharded_state(
-        init_fn, jax.random.key(1), mesh, min_fsdp_size=min_fsdp_size
+        init_fn, jax.random.key(1), mesh, min_fsdp_size=min_fsdp_size, compiler_options=FAST_COMPILE
     )
-    step = sh.jit_train_step(step, mesh, shardings)
+    step = sh.jit_train_step(step, mesh, shardings, compiler_options=FAST_COMPILE)
     for i in range(NUM_STEPS):
         state, metrics = step(state, sh.global_batch(make_batch(i, BATCH), mesh), jax.random.key(0))
     return jax.device_get(state), shardings
@@ -72,9 +73,11 @@ def test_sharded_jit_matches_one_device(fsdp):
 def test_pmap_matches_one_device():
     want = reference_run(NUM_STEPS, BATCH)
     init_fn, step = build(axis_name=sh.PMAP_AXIS)
-    state = sh.replicate(jax.jit(init_fn)(jax.random.key(1)))
-    step = sh.pmap_train_step(step)
-    for i in range(NUM_STEPS):
-        state, metrics = step(state, sh.split_for_pmap(make_batch(i, BATCH)), jax.random.key(0))
+    state = sh.replicate(jax.jit(init_fn, compiler_options=FAST_COMPILE)(jax.random.key(1)))
+    batches = [sh.split_for_pmap(make_batch(i, BATCH)) for i in range(NUM_STEPS)]
+    key = jax.random.key(0)
+    step = sh.pmap_train_step(step).lower(state, batches[0], key).compile(FAST_COMPILE)
+    for batch in batches:
+        state, metrics = step(state, batch, key)
     assert max_rel_diff(jax.device_get(sh.unreplicate(state)), want) <= 1e-5
     np.testing.assert_allclose(metrics["loss"][0], metrics["loss"][7])

@@ -43,7 +43,8 @@ class Batches:
 
 def _setup():
     tx = make_optimizer(learning_rate=0.05)
-    step = jax.jit(make_train_step(_loss, tx, ema_decay_fn=ema_decay_schedule(decay=0.9)))
+    step = make_train_step(_loss, tx, ema_decay_fn=ema_decay_schedule(decay=0.9))
+    step = jax.jit(step, compiler_options={"xla_backend_optimization_level": 0})
     return step, create_train_state({"w": jnp.zeros((3,))}, tx)
 
 

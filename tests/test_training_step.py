@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from training_helpers import (
+    FAST_COMPILE,
     NUM_CLASSES,
     TinyDenoiser,
     build,
@@ -124,7 +125,8 @@ def _quadratic_loss(params, batch, example_keys, batch_key):
 def test_step_applies_optimizer_ema_and_fold_in_rng():
     tx = make_optimizer(learning_rate=0.1, grad_clip_norm=None)
     step_fn = jax.jit(
-        make_train_step(_quadratic_loss, tx, ema_decay_fn=ema_decay_schedule(decay=0.5))
+        make_train_step(_quadratic_loss, tx, ema_decay_fn=ema_decay_schedule(decay=0.5)),
+        compiler_options=FAST_COMPILE,
     )
     state = create_train_state({"w": jnp.array([1.0, -2.0])}, tx)
     batch = {"x": jnp.array([[0.0, 1.0], [2.0, 0.0], [1.0, 1.0]])}
@@ -173,7 +175,7 @@ def test_mixed_precision_keeps_float32_state():
     # The forward really ran in bfloat16: close to, but not equal to, the float32 loss.
     assert float(m_bf16["loss"]) != float(m_f32["loss"])
     np.testing.assert_allclose(m_bf16["loss"], m_f32["loss"], rtol=5e-2)
-    jaxpr = jax.make_jaxpr(step_bf16)(state, batch, key)
+    jaxpr = jax.make_jaxpr(build(compute_dtype=jnp.bfloat16)[1])(state, batch, key)
     assert "conv_general_dilated" in str(jaxpr) and "bf16[16,8,8" in str(jaxpr)
 
 
@@ -199,7 +201,7 @@ def test_cfg_condition_dropout_per_example():
         "context": jnp.ones((n, 2, 3)),
     }
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(0), jnp.arange(n))
-    loss, _ = jax.jit(loss_fn)({}, batch, keys, jax.random.key(1))
+    loss, _ = jax.jit(loss_fn, compiler_options=FAST_COMPILE)({}, batch, keys, keys[0])
     # target x0 = 0: loss = output^2 = 1 if dropped (label null, context 0), 100 if kept.
     values = set(np.unique(np.asarray(loss)).tolist())
     assert values == {1.0, 100.0}

@@ -15,7 +15,7 @@ processes' devices and each process feeds its own rows of the global batch throu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -95,22 +95,41 @@ def init_sharded_state(
     mesh: Mesh,
     *,
     min_fsdp_size: int = MIN_FSDP_SIZE,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> tuple[TrainState, Any]:
     """Create the state directly in its sharded layout (no full copy on one device).
 
     The shapes come from ``jax.eval_shape(init_fn, key)``; the state is then produced by
     ``jax.jit(init_fn, out_shardings=...)``.
 
+    Args:
+      init_fn: ``key -> TrainState`` (see :func:`jaxdiff.training.make_init_fn`).
+      key: PRNG key of the initialisation.
+      mesh: the mesh from :func:`make_mesh`.
+      min_fsdp_size: arrays with fewer elements stay replicated.
+      compiler_options: XLA options for this compilation (``jax.jit(compiler_options=)``).
+
     Returns:
       (state, shardings): the state and the pytree of its NamedShardings.
     """
     abstract = jax.eval_shape(init_fn, key)
     shardings = state_shardings(abstract, mesh, min_fsdp_size=min_fsdp_size)
-    state = jax.jit(init_fn, in_shardings=replicated(mesh), out_shardings=shardings)(key)
-    return state, shardings
+    init = jax.jit(
+        init_fn,
+        in_shardings=replicated(mesh),
+        out_shardings=shardings,
+        compiler_options=compiler_options,
+    )
+    return init(key), shardings
 
 
-def jit_train_step(step_fn: Callable, mesh: Mesh, shardings: Any) -> Callable:
+def jit_train_step(
+    step_fn: Callable,
+    mesh: Mesh,
+    shardings: Any,
+    *,
+    compiler_options: Mapping[str, Any] | None = None,
+) -> Callable:
     """``jax.jit`` of the pure step with explicit shardings and the state donated.
 
     Args:
@@ -118,6 +137,8 @@ def jit_train_step(step_fn: Callable, mesh: Mesh, shardings: Any) -> Callable:
         (built without ``axis_name``).
       mesh: the mesh from :func:`make_mesh`.
       shardings: the state's shardings from :func:`init_sharded_state`.
+      compiler_options: XLA options for the step's compilation, e.g.
+        ``{"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}``.
 
     Returns:
       The compiled-on-first-call step; batches should be global arrays (:func:`global_batch`)
@@ -129,6 +150,7 @@ def jit_train_step(step_fn: Callable, mesh: Mesh, shardings: Any) -> Callable:
         in_shardings=(shardings, batch_sharding(mesh), repl),
         out_shardings=(shardings, repl),
         donate_argnums=(0,),
+        compiler_options=compiler_options,
     )
 
 
