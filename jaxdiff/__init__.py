@@ -3,7 +3,8 @@
 Public API re-exports only; see the submodules for details.
 """
 
-from jaxdiff import diffusion, losses, schedules
+from jaxdiff import diffusion, losses, samplers, schedules
+from jaxdiff.samplers import SamplingLoop, sample
 from jaxdiff.schedules import (
     CosineSchedule,
     DiscreteSchedule,
@@ -15,6 +16,7 @@ from jaxdiff.schedules import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "SamplingLoop",
     "CosineSchedule",
     "DiscreteSchedule",
     "EDMSchedule",
@@ -22,5 +24,7 @@ __all__ = [
     "diffusion",
     "losses",
     "make_schedule",
+    "sample",
+    "samplers",
     "schedules",
 ]

@@ -140,10 +140,13 @@ class DiscreteSchedule:
     Attributes:
       betas: float32 [T].
       alphas_cumprod: float32 [T]; alpha_t^2 at integer timestep t in [0, T).
+      name: the beta schedule's name ("trained" for explicit betas); static metadata that
+        some samplers use to reproduce diffusers' per-schedule rules.
     """
 
     betas: jax.Array
     alphas_cumprod: jax.Array
+    name: str = struct.field(pytree_node=False, default="")
 
     @property
     def num_train_timesteps(self) -> int:
@@ -248,7 +251,11 @@ def make_schedule(
     if rescale_betas_zero_snr:
         betas = rescale_zero_terminal_snr(betas)
     alphas_cumprod = _cumprod_f32(np.float32(1.0) - betas)
-    return DiscreteSchedule(betas=jnp.asarray(betas), alphas_cumprod=jnp.asarray(alphas_cumprod))
+    return DiscreteSchedule(
+        betas=jnp.asarray(betas),
+        alphas_cumprod=jnp.asarray(alphas_cumprod),
+        name="trained" if trained_betas is not None else name,
+    )
 
 
 def inference_timesteps(
@@ -281,10 +288,22 @@ def inference_timesteps(
         return np.linspace(0, num_train_timesteps - 1, num_steps).round()[::-1].astype(np.int64)
     if spacing == "leading":
         ratio = num_train_timesteps // num_steps
-        ts = (np.arange(0, num_steps) * ratio).round()[::-1].astype(np.int64)
-        return ts + steps_offset
+        ts = (np.arange(0, num_steps) * ratio).round()[::-1].astype(np.int64) + steps_offset
+        check_timesteps_in_range(ts, num_train_timesteps, steps_offset)
+        return ts
     ratio = num_train_timesteps / num_steps
-    return np.round(np.arange(num_train_timesteps, 0, -ratio)).astype(np.int64) - 1
+    # For some N (e.g. 61 of 1000) arange yields N + 1 points, the last being t = -1, which
+    # diffusers then uses as the noisiest timestep; jaxdiff keeps the N-point grid.
+    return np.round(np.arange(num_train_timesteps, 0, -ratio))[:num_steps].astype(np.int64) - 1
+
+
+def check_timesteps_in_range(ts: np.ndarray, num_train_timesteps: int, steps_offset: int) -> None:
+    """Raise a ValueError if ``steps_offset`` pushed a grid timestep past T - 1."""
+    if len(ts) and int(np.max(ts)) >= num_train_timesteps:
+        raise ValueError(
+            f"steps_offset={steps_offset} puts timestep {int(np.max(ts))} outside [0, "
+            f"{num_train_timesteps - 1}]; use fewer steps or steps_offset=0."
+        )
 
 
 def check_spacing(spacing: str) -> None:
@@ -304,8 +323,8 @@ def karras_sigma_grid(
 
     Computed in float64 on the host, descending from sigma_max to sigma_min, [N] (no final 0).
     """
-    if not 0.0 < sigma_min < sigma_max:
-        raise ValueError(f"Need 0 < sigma_min < sigma_max; got {sigma_min}, {sigma_max}.")
+    if not 0.0 < sigma_min <= sigma_max:
+        raise ValueError(f"Need 0 < sigma_min <= sigma_max; got {sigma_min}, {sigma_max}.")
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1; got {num_steps}.")
     ramp = np.linspace(0, 1, num_steps)
