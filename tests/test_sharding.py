@@ -19,6 +19,8 @@ def test_fsdp_spec_picks_largest_divisible_dim():
     assert sh.fsdp_spec((64, 64), 1, min_size=1) == P()
     with pytest.raises(ValueError, match="divide the number of devices"):
         sh.make_mesh(fsdp=3)
+    with pytest.raises(ValueError, match="numeric arrays only"):
+        sh.global_batch({"caption": np.array(["a digit"] * 8)}, sh.make_mesh())
 
 
 def _per_device_bytes(tree) -> int:

@@ -76,6 +76,8 @@ def test_callbacks_get_window_means_and_resume_continues_exactly(tmp_path):
     assert resumed.step == 6 and data.position == 6 and ckpt.all_steps() == [2, 4, 6]
     for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(full.state), strict=True):
         np.testing.assert_array_equal(a, b)
+    with pytest.warns(UserWarning, match="without restoring the data iterator"):
+        train_loop(step, _setup()[1], iter([]), num_steps=6, key=key, checkpointer=ckpt)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):

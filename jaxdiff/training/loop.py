@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -116,6 +117,13 @@ def _restore(checkpointer, state, data) -> tuple[TrainState, int]:
         return state, int(_to_host(state.step))
     if restored.data_state is not None and hasattr(data, "set_state"):
         data.set_state(restored.data_state)
+    elif hasattr(data, "set_state") or restored.data_state is not None:
+        warnings.warn(
+            f"Resuming from step {restored.step} without restoring the data iterator's position "
+            f"(checkpoint has a data state: {restored.data_state is not None}; iterator has "
+            f"set_state: {hasattr(data, 'set_state')}); the run will see different batches.",
+            stacklevel=3,
+        )
     return restored.state, restored.step
 
 

@@ -72,7 +72,10 @@ def make_diffusion_loss_fn(
       cond_drop_prob: probability of dropping an example's condition (CFG training).
       null_label: the label id meaning "no class" (the model's ``num_classes``); needed when
         the batch has labels and ``cond_drop_prob > 0``.
-      compute_dtype: dtype of the forward pass (e.g. ``jnp.bfloat16``); None keeps float32.
+      compute_dtype: dtype of the forward pass (e.g. ``jnp.bfloat16``): casts every float
+        parameter and the input. For a model with its own ``dtype`` attribute (the jaxdiff
+        U-Net keeps normalisation statistics in float32 that way) prefer the model's dtype
+        and leave this None.
       image_key: batch entry holding clean data x0 [B, H, W, C].
       label_key: batch entry holding integer labels [B] (optional in the batch).
       context_key: batch entry holding a context [B, L, D] (optional in the batch).

@@ -94,6 +94,8 @@ def make_optimizer(
     Returns:
       The optax transformation.
     """
+    if not callable(learning_rate) and not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0 or a schedule; got {learning_rate}.")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0; got {weight_decay}.")
     if grad_clip_norm is not None and not grad_clip_norm > 0:

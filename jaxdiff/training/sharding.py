@@ -28,6 +28,8 @@ from jaxdiff.training.state import TrainState
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+"""The mesh axes that split the batch (pass as ``data_axis`` to ``jaxdiff.data.global_batch``)."""
 PMAP_AXIS = "batch"
 MIN_FSDP_SIZE = 2**14
 """Arrays with fewer elements stay replicated under FSDP (gathering them costs more than it
@@ -54,7 +56,7 @@ def make_mesh(*, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over every device of the mesh."""
-    return NamedSharding(mesh, P((DATA_AXIS, FSDP_AXIS)))
+    return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -165,6 +167,11 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
 
     def put(x):
         x = np.asarray(x)
+        if x.dtype.kind in "USO":
+            raise ValueError(
+                f"A batch entry holds {x.dtype} values (e.g. captions); the train step takes "
+                "numeric arrays only: drop or encode it before global_batch."
+            )
         if x.shape[0] % n_local:
             raise ValueError(
                 f"Local batch size {x.shape[0]} is not divisible by this process's {n_local} "
