@@ -3,7 +3,8 @@
 Public API re-exports only; see the submodules for details.
 """
 
-from jaxdiff import diffusion, losses, samplers, schedules
+from jaxdiff import diffusion, guidance, losses, samplers, schedules
+from jaxdiff.guidance import classifier_free_guidance
 from jaxdiff.samplers import SamplingLoop, sample
 from jaxdiff.schedules import (
     CosineSchedule,
@@ -21,7 +22,9 @@ __all__ = [
     "DiscreteSchedule",
     "EDMSchedule",
     "VPLinearSchedule",
+    "classifier_free_guidance",
     "diffusion",
+    "guidance",
     "losses",
     "make_schedule",
     "sample",
