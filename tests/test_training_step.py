@@ -228,3 +228,32 @@ def test_step_and_objective_validate_arguments():
     keys = jax.random.split(jax.random.key(0), 4)
     with pytest.raises(ValueError, match="null_label"):
         loss_fn(params, make_batch(0, 4), keys, keys[0])
+
+
+def _zero_model(variables, x, t, labels=None, context=None, train=False, rngs=None):
+    return jnp.zeros_like(x)
+
+
+def test_objectives_match_closed_forms_for_a_zero_model():
+    """With F = 0: epsilon loss = mean(n^2); EDM loss = lambda(s) mean((c_skip (x0 + s n) - x0)^2),
+    with t / sigma and n drawn from each example's key split in 3 (times, noise, dropout)."""
+    n, shape = 6, (2, 2, 1)
+    fast = {"compiler_options": FAST_COMPILE}
+    x0 = np.random.default_rng(0).uniform(-1, 1, (n, *shape)).astype(np.float32)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(3), jnp.arange(n))
+    parts = [jax.random.split(k, 3) for k in keys]
+    noise = np.stack([np.asarray(jax.random.normal(p[1], shape)) for p in parts]).astype(np.float64)
+    linear = schedules.make_schedule("linear", num_train_timesteps=1000)
+    eps_loss, _ = make_diffusion_loss_fn(_zero_model, schedule=linear)(
+        {}, {"image": x0}, keys, keys[0]
+    )
+    np.testing.assert_allclose(eps_loss, np.mean(noise**2, axis=(1, 2, 3)), rtol=1e-5)
+
+    edm = schedules.EDMSchedule()
+    sigma = np.array([float(jnp.exp(-1.2 + 1.2 * jax.random.normal(p[0], (1,)))[0]) for p in parts])
+    edm_fn = jax.jit(make_diffusion_loss_fn(_zero_model, schedule=edm, objective="edm"), **fast)
+    edm_loss, _ = edm_fn({}, {"image": x0}, keys, keys[0])
+    s = sigma[:, None, None, None]
+    c_skip = 0.25 / (s**2 + 0.25)
+    want = (s**2 + 0.25) / (s**2 * 0.25) * (c_skip * (x0 + s * noise) - x0) ** 2
+    np.testing.assert_allclose(edm_loss, np.mean(want, axis=(1, 2, 3)), rtol=1e-5)
