@@ -1,0 +1,250 @@
+"""The run configuration: its complete schema, defaults and validation.
+
+Config files in ``configs/`` start from :func:`base_config` and change what they need. Every
+value is checked by :func:`validate_config` before anything is built or compiled; an unknown
+field or a bad value raises a ValueError that names the field and what is allowed. Library
+code never sees the ConfigDict: :mod:`jaxdiff.experiment.builders` turns it into typed
+arguments at this boundary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+
+from jaxdiff import diffusion, losses, samplers, schedules
+
+_PRESETS = ("DIGITS", "TINY", "DDPM_CIFAR10", "ADM_IMAGENET64")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every config field with its default (a class-conditional digits run)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = dict(
+        name="digits",
+        split="train",
+        eval_split="test",
+        path=None,  # the folder of an "image_folder" dataset
+        image_size=None,  # None keeps the stored size
+        global_batch_size=64,
+        random_flip=False,
+        data_dir=None,
+        download=False,
+        worker_count=0,
+    )
+    c.model = dict(preset="DIGITS", dtype="float32", kwargs=ml_collections.ConfigDict())
+    c.diffusion = dict(
+        objective="diffusion",  # or "edm"
+        beta_schedule="linear",
+        num_train_timesteps=1000,
+        beta_start=0.0001,
+        beta_end=0.02,
+        rescale_betas_zero_snr=False,
+        prediction_type="epsilon",
+        weighting="uniform",
+        min_snr_gamma=5.0,
+        p2_k=1.0,
+        p2_gamma=1.0,
+        sigma_data=0.5,  # EDM
+        p_mean=-1.2,
+        p_std=1.2,
+        sigma_min=0.002,
+        sigma_max=80.0,
+    )
+    c.optim = dict(
+        lr=1e-3,
+        warmup_steps=100,
+        decay="constant",
+        final_lr_fraction=0.0,
+        weight_decay=0.0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        grad_clip=1.0,
+        grad_accum_steps=1,
+    )
+    c.ema = dict(decay=0.999, half_life_images=None, warmup=True)
+    c.train = dict(
+        num_steps=3000,
+        log_every=100,
+        save_every=1000,
+        sample_every=1000,
+        keep_checkpoints=3,
+        cond_drop_prob=0.1,
+        fsdp=1,
+        progress=True,
+    )
+    c.sample = dict(
+        sampler="ddim",
+        num_steps=20,
+        guidance_scale=1.0,
+        num_samples=64,
+        seed=0,
+        options=ml_collections.ConfigDict(),
+    )
+    return ml_collections.ConfigDict(c)
+
+
+def _int(lo: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
+
+
+def _num(lo: float | None = None, hi: float | None = None, open_lo: bool = False):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+            return False
+        if lo is not None and (v <= lo if open_lo else v < lo):
+            return False
+        return hi is None or v <= hi
+
+    return check
+
+
+def _one_of(*allowed):
+    return lambda v: v in allowed
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+def _is_dict(v: Any) -> bool:
+    return isinstance(v, Mapping | ml_collections.ConfigDict)
+
+
+_BOOL = lambda v: isinstance(v, bool)  # noqa: E731
+_STR = lambda v: isinstance(v, str) and bool(v)  # noqa: E731
+
+# field -> (check, description of what is allowed)
+SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "data": {
+        "name": (_STR, "a dataset name (digits, image_folder, cifar10, ...)"),
+        "split": (_STR, "a split name"),
+        "eval_split": (_STR, "a split name"),
+        "path": (_optional(_STR), "None or a folder path"),
+        "image_size": (_optional(_int(1)), "None or an int >= 1"),
+        "global_batch_size": (_int(1), "an int >= 1"),
+        "random_flip": (_BOOL, "a bool"),
+        "data_dir": (_optional(_STR), "None or a directory"),
+        "download": (_BOOL, "a bool"),
+        "worker_count": (_int(0), "an int >= 0"),
+    },
+    "model": {
+        "preset": (_one_of(*_PRESETS), f"one of {_PRESETS}"),
+        "dtype": (_one_of("float32", "bfloat16"), "float32 or bfloat16"),
+        "kwargs": (lambda v: _is_dict(v), "a dict of U-Net fields"),
+    },
+    "diffusion": {
+        "objective": (_one_of("diffusion", "edm"), "diffusion or edm"),
+        "beta_schedule": (_one_of(*schedules.BETA_SCHEDULES), str(schedules.BETA_SCHEDULES)),
+        "num_train_timesteps": (_int(1), "an int >= 1"),
+        "beta_start": (_num(0, 1, open_lo=True), "a float in (0, 1]"),
+        "beta_end": (_num(0, 1, open_lo=True), "a float in (0, 1]"),
+        "rescale_betas_zero_snr": (_BOOL, "a bool"),
+        "prediction_type": (_one_of(*diffusion.PREDICTION_TYPES), str(diffusion.PREDICTION_TYPES)),
+        "weighting": (_one_of(*losses.WEIGHTINGS), str(losses.WEIGHTINGS)),
+        "min_snr_gamma": (_num(0, open_lo=True), "a float > 0"),
+        "p2_k": (_num(0, open_lo=True), "a float > 0"),
+        "p2_gamma": (_num(0), "a float >= 0"),
+        "sigma_data": (_num(0, open_lo=True), "a float > 0"),
+        "p_mean": (_num(), "a float"),
+        "p_std": (_num(0, open_lo=True), "a float > 0"),
+        "sigma_min": (_num(0, open_lo=True), "a float > 0"),
+        "sigma_max": (_num(0, open_lo=True), "a float > 0"),
+    },
+    "optim": {
+        "lr": (_num(0, open_lo=True), "a float > 0"),
+        "warmup_steps": (_int(0), "an int >= 0"),
+        "decay": (_one_of("constant", "cosine"), "constant or cosine"),
+        "final_lr_fraction": (_num(0, 1), "a float in [0, 1]"),
+        "weight_decay": (_num(0), "a float >= 0"),
+        "b1": (_num(0, 1), "a float in [0, 1)"),
+        "b2": (_num(0, 1), "a float in [0, 1)"),
+        "eps": (_num(0, open_lo=True), "a float > 0"),
+        "grad_clip": (_optional(_num(0, open_lo=True)), "None or a float > 0"),
+        "grad_accum_steps": (_int(1), "an int >= 1"),
+    },
+    "ema": {
+        "decay": (_optional(_num(0, 1)), "None or a float in [0, 1)"),
+        "half_life_images": (_optional(_num(0, open_lo=True)), "None or a float > 0"),
+        "warmup": (_BOOL, "a bool"),
+    },
+    "train": {
+        "num_steps": (_int(0), "an int >= 0"),
+        "log_every": (_int(1), "an int >= 1"),
+        "save_every": (_int(1), "an int >= 1"),
+        "sample_every": (_int(0), "an int >= 0 (0: only at the end)"),
+        "keep_checkpoints": (_int(1), "an int >= 1"),
+        "cond_drop_prob": (_num(0, 1), "a float in [0, 1]"),
+        "fsdp": (_int(1), "an int >= 1 dividing the device count"),
+        "progress": (_BOOL, "a bool"),
+    },
+    "sample": {
+        "sampler": (_one_of(*samplers.available()), str(samplers.available())),
+        "num_steps": (_int(1), "an int >= 1"),
+        "guidance_scale": (_num(0), "a float >= 0"),
+        "num_samples": (_int(1), "an int >= 1"),
+        "seed": (_int(0), "an int >= 0"),
+        "options": (lambda v: _is_dict(v), "a dict of sampler options"),
+    },
+}
+TOP_LEVEL = {"seed": (_int(0), "an int >= 0")}
+
+
+def validate_config(config: Mapping[str, Any]) -> None:
+    """Check every field of a run config; raise ValueError naming the first bad one."""
+    for key, value in config.items():
+        if key in TOP_LEVEL:
+            check, allowed = TOP_LEVEL[key]
+            if not check(value):
+                raise ValueError(f"config.{key}={value!r} is invalid; allowed: {allowed}.")
+            continue
+        if key not in SCHEMA:
+            raise ValueError(
+                f"Unknown config section {key!r}; allowed: {sorted([*SCHEMA, *TOP_LEVEL])}."
+            )
+        for field, fval in value.items():
+            if field not in SCHEMA[key]:
+                raise ValueError(
+                    f"Unknown config field {key}.{field}; fields of {key}: "
+                    f"{', '.join(sorted(SCHEMA[key]))}."
+                )
+            check, allowed = SCHEMA[key][field]
+            if not check(fval):
+                raise ValueError(f"config.{key}.{field}={fval!r} is invalid; allowed: {allowed}.")
+    missing = [f"{s}.{f}" for s in SCHEMA for f in SCHEMA[s] if f not in config.get(s, {})]
+    if missing:
+        raise ValueError(f"Config is missing fields {missing}; start from base_config().")
+    _check_relations(config)
+
+
+def _check_relations(c: Mapping[str, Any]) -> None:
+    d, t, e = c["diffusion"], c["train"], c["ema"]
+    if d["objective"] == "diffusion" and d["beta_start"] >= d["beta_end"]:
+        raise ValueError(
+            f"config.diffusion.beta_start={d['beta_start']} must be < beta_end={d['beta_end']}."
+        )
+    if d["objective"] == "edm" and d["sigma_min"] >= d["sigma_max"]:
+        raise ValueError("config.diffusion.sigma_min must be < sigma_max.")
+    if (e["decay"] is None) == (e["half_life_images"] is None):
+        raise ValueError("Set exactly one of config.ema.decay and config.ema.half_life_images.")
+    if t["sample_every"] and t["sample_every"] % t["log_every"]:
+        raise ValueError(
+            f"config.train.sample_every={t['sample_every']} must be a multiple of "
+            f"config.train.log_every={t['log_every']} (samples are drawn at log steps)."
+        )
+    if c["data"]["name"] == "image_folder" and not c["data"]["path"]:
+        raise ValueError("config.data.path must name the folder of an image_folder dataset.")
+    sampler = samplers.get(c["sample"]["sampler"])
+    for name in c["sample"]["options"]:
+        if name not in sampler.options:
+            raise ValueError(
+                f"config.sample.options.{name} is not an option of sampler "
+                f"{sampler.name!r}; allowed: {', '.join(sorted(sampler.options))}."
+            )
+    if c["data"]["global_batch_size"] % c["optim"]["grad_accum_steps"]:
+        raise ValueError("config.data.global_batch_size must be divisible by grad_accum_steps.")
