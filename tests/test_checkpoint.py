@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from training_helpers import FAST_COMPILE, build, make_batch, max_rel_diff
+from training_helpers import jitted, make_batch, max_rel_diff, reference_run, sharded_run
 
 from jaxdiff.training import sharding as sh
 from jaxdiff.training.checkpoint import Checkpointer, abstract_like, with_shardings
@@ -72,32 +72,24 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path):
 
 
 def test_checkpoint_from_8_devices_restores_on_1_and_training_continues(tmp_path):
-    init_fn, step_fn = build()
-    mesh8 = sh.make_mesh(fsdp=4)
-    state8, shardings8 = sh.init_sharded_state(
-        init_fn, jax.random.key(1), mesh8, min_fsdp_size=1, compiler_options=FAST_COMPILE
-    )
-    step8 = sh.jit_train_step(step_fn, mesh8, shardings8, compiler_options=FAST_COMPILE)
-    key = jax.random.key(0)
-    state8, _ = step8(state8, sh.global_batch(make_batch(0, 16), mesh8), key)
-    with Checkpointer(tmp_path) as ckpt:
-        ckpt.save(1, state8)
+    state8, shardings8 = sharded_run(4, 3, 16)  # 3 steps on a 2 x 4 (data, fsdp) mesh
     assert any("fsdp" in s.spec for s in jax.tree.leaves(shardings8))
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(3, state8)
 
-    mesh1 = sh.make_mesh(devices=jax.devices()[:1])
+    init_fn, step = jitted()
     abstract = jax.eval_shape(init_fn, jax.random.key(1))
-    shardings1 = sh.state_shardings(abstract, mesh1)
-    restored = Checkpointer(tmp_path).restore_latest(with_shardings(abstract, shardings1))
+    mesh1 = sh.make_mesh(devices=jax.devices()[:1])
+    target = with_shardings(abstract, sh.state_shardings(abstract, mesh1))
+    restored = Checkpointer(tmp_path).restore_latest(target)
     state1 = restored.state
-    assert {x.sharding.num_devices for x in jax.tree.leaves(state1)} == {1}
+    assert restored.step == 3 and {x.sharding.num_devices for x in jax.tree.leaves(state1)} == {1}
     assert max_rel_diff(jax.device_get(state1), jax.device_get(state8)) == 0.0
-    step1 = sh.jit_train_step(step_fn, mesh1, shardings1, compiler_options=FAST_COMPILE)
-    batch = make_batch(1, 16)
-    state1, _ = step1(state1, sh.global_batch(batch, mesh1), key)
-    state8, _ = step8(state8, sh.global_batch(batch, mesh8), key)
-    assert int(state1.step) == 2
-    assert max_rel_diff(jax.device_get(state1), jax.device_get(state8)) <= 1e-5
     assert (
         abstract_like(state1).params["Conv_0"]["kernel"].sharding
-        == state1.params["Conv_0"]["kernel"].sharding
+        == target.params["Conv_0"]["kernel"].sharding
     )
+    state1 = jax.device_put(state1, jax.devices()[0])
+    state1, _ = step(state1, make_batch(3, 16), jax.random.key(0))
+    assert int(state1.step) == 4
+    assert max_rel_diff(jax.device_get(state1), reference_run(4, 16)) <= 1e-5

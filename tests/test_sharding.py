@@ -4,7 +4,14 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from training_helpers import FAST_COMPILE, build, make_batch, max_rel_diff, reference_run
+from training_helpers import (
+    FAST_COMPILE,
+    build,
+    make_batch,
+    max_rel_diff,
+    reference_run,
+    sharded_run,
+)
 
 from jaxdiff.training import sharding as sh
 
@@ -51,25 +58,15 @@ def test_fsdp_divides_per_device_parameter_memory_by_eight():
     )
 
 
-def _run_jit(mesh, min_fsdp_size):
-    init_fn, step = build()
-    state, shardings = sh.init_sharded_state(
-        init_fn, jax.random.key(1), mesh, min_fsdp_size=min_fsdp_size, compiler_options=FAST_COMPILE
-    )
-    step = sh.jit_train_step(step, mesh, shardings, compiler_options=FAST_COMPILE)
-    for i in range(NUM_STEPS):
-        state, metrics = step(state, sh.global_batch(make_batch(i, BATCH), mesh), jax.random.key(0))
-    return jax.device_get(state), shardings
-
-
-@pytest.mark.parametrize("fsdp", [1, 4, 8])
+@pytest.mark.parametrize("fsdp", [1, 4])
 def test_sharded_jit_matches_one_device(fsdp):
+    """fsdp=1: batch split 8 ways, parameters replicated; fsdp=4: a 2 x 4 (data, fsdp) mesh."""
     want = reference_run(NUM_STEPS, BATCH)
-    got, shardings = _run_jit(sh.make_mesh(fsdp=fsdp), min_fsdp_size=1)
-    if fsdp > 1:
-        specs = {s.spec for s in jax.tree.leaves(shardings)}
-        assert any("fsdp" in spec for spec in specs)
-    assert max_rel_diff(got, want) <= 1e-5
+    got, shardings = sharded_run(fsdp, NUM_STEPS, BATCH)
+    specs = {s.spec for s in jax.tree.leaves(shardings)}
+    assert any("fsdp" in spec for spec in specs) == (fsdp > 1)
+    assert {x.sharding.num_devices for x in jax.tree.leaves(got)} == {8}
+    assert max_rel_diff(jax.device_get(got), want) <= 1e-5
 
 
 def test_pmap_matches_one_device():

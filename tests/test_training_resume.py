@@ -1,6 +1,6 @@
-"""Exact resume: runs killed (SIGKILL, incl. during an async checkpoint write) or preempted
-(SIGTERM) and resumed end bit-identical to an uninterrupted run. Runs tests/resume_script.py
-as subprocesses."""
+"""Exact resume: a run killed (SIGKILL, 3 times, once during an async checkpoint write) and
+preempted (SIGTERM), resumed each time, ends bit-identical to an uninterrupted run. Runs
+tests/resume_script.py as subprocesses."""
 
 import os
 import signal
@@ -9,7 +9,6 @@ import sys
 import threading
 
 import numpy as np
-import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "resume_script.py")
 NUM_STEPS = 14
@@ -54,14 +53,6 @@ def _committed_steps(workdir):
     return sorted(int(n) for n in names if n.isdigit())
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("uninterrupted")
-    rc, lines = _run(root, root / "cache", "--out", str(root / "final.npz"))
-    assert rc == 0 and lines[-1] == f"done {NUM_STEPS}", lines
-    return np.load(root / "final.npz"), root / "cache"
-
-
 def _assert_bit_identical(path, reference):
     got = np.load(path)
     assert sorted(got.files) == sorted(reference.files)
@@ -71,35 +62,31 @@ def _assert_bit_identical(path, reference):
     assert any("opt_state" in n for n in got.files) and any("ema_params" in n for n in got.files)
 
 
-def test_sigkill_at_arbitrary_moments_resumes_bit_identically(tmp_path, uninterrupted):
-    reference, cache = uninterrupted
-    # 1. Killed while the async write of step 6 is in flight: only step 3 is committed.
-    rc, lines = _run(tmp_path, cache, "--kill-during-save-at", "6")
+def test_killed_and_preempted_run_resumes_bit_identically(tmp_path):
+    cache = tmp_path / "cache"
+    rc, lines = _run(tmp_path / "straight", cache, "--out", str(tmp_path / "straight.npz"))
+    assert rc == 0 and lines[-1] == f"done {NUM_STEPS}", lines
+    reference = np.load(tmp_path / "straight.npz")
+
+    work = tmp_path / "interrupted"
+    # 1. SIGKILL while the async write of step 6 is in flight: only step 3 is committed.
+    rc, lines = _run(work, cache, "--kill-during-save-at", "6")
     assert rc == -signal.SIGKILL and lines[-1].startswith("killing during save 6"), lines
     assert "'6'" not in lines[-1] and "'6." in lines[-1]  # the write had not completed
-    assert _committed_steps(tmp_path) == [3]
-    # 2. Killed mid-run (between or during checkpoint writes, as timing has it), twice.
-    for until in ("step 8", "step 10"):
-        latest = _committed_steps(tmp_path)[-1]
-        rc, lines = _run(tmp_path, cache, "--step-delay", "0.05", until=until)
-        assert rc == -signal.SIGKILL and lines[0] == f"resumed {latest}", lines
-        assert f"step {latest + 1}" in lines and until in lines
-    # 3. Killed while restoring / compiling, before any step.
-    rc, lines = _run(tmp_path, cache, until="resumed")
-    assert rc == -signal.SIGKILL and not any(line.startswith("step") for line in lines)
-    # 4. Runs to the end from the latest committed checkpoint.
-    latest = _committed_steps(tmp_path)[-1]
-    rc, lines = _run(tmp_path, cache, "--out", str(tmp_path / "final.npz"))
-    assert rc == 0 and lines[0] == f"resumed {latest}" and lines[-1] == f"done {NUM_STEPS}", lines
-    _assert_bit_identical(tmp_path / "final.npz", reference)
-
-
-def test_sigterm_saves_exits_cleanly_and_resumes_bit_identically(tmp_path, uninterrupted):
-    reference, cache = uninterrupted
-    rc, lines = _run(tmp_path, cache, "--step-delay", "0.2", until="step 4", sig=signal.SIGTERM)
-    assert rc == 0 and lines[-1].startswith("preempted"), lines
+    assert _committed_steps(work) == [3]
+    # 2. SIGKILL mid-run (between or during checkpoint writes, as timing has it).
+    rc, lines = _run(work, cache, "--step-delay", "0.05", until="step 8")
+    assert rc == -signal.SIGKILL and lines[0] == "resumed 3" and "step 4" in lines, lines
+    # 3. SIGTERM (preemption): saves a checkpoint at the next step and exits cleanly.
+    latest = _committed_steps(work)[-1]
+    rc, lines = _run(work, cache, "--step-delay", "0.1", until="step 10", sig=signal.SIGTERM)
+    assert rc == 0 and lines[0] == f"resumed {latest}" and lines[-1].startswith("preempted"), lines
     stopped = int(lines[-1].split()[1])
-    assert 4 <= stopped < NUM_STEPS and stopped in _committed_steps(tmp_path)
-    rc, lines = _run(tmp_path, cache, "--out", str(tmp_path / "final.npz"))
-    assert rc == 0 and lines[0] == f"resumed {stopped}", lines
+    assert 10 <= stopped < NUM_STEPS and _committed_steps(work)[-1] == stopped
+    # 4. SIGKILL while restoring / compiling, before any step.
+    rc, lines = _run(work, cache, until="resumed")
+    assert rc == -signal.SIGKILL and not any(line.startswith("step") for line in lines)
+    # 5. Runs to the end from the latest committed checkpoint.
+    rc, lines = _run(work, cache, "--out", str(tmp_path / "final.npz"))
+    assert rc == 0 and lines[0] == f"resumed {stopped}" and lines[-1] == f"done {NUM_STEPS}"
     _assert_bit_identical(tmp_path / "final.npz", reference)

@@ -141,6 +141,24 @@ def reference_run(num_steps: int, batch_size: int):
     return jax.device_get(state)
 
 
+@functools.cache
+def sharded_run(fsdp: int, num_steps: int, batch_size: int):
+    """(state, shardings) after ``num_steps`` steps of :func:`build` jitted on all devices with
+    a (data, fsdp) mesh, every array with a divisible dimension FSDP-split (cached)."""
+    from jaxdiff.training import sharding as sh
+
+    mesh = sh.make_mesh(fsdp=fsdp)
+    init_fn, step = build()
+    kw = {"compiler_options": FAST_COMPILE}
+    state, shardings = sh.init_sharded_state(
+        init_fn, jax.random.key(1), mesh, min_fsdp_size=1, **kw
+    )
+    step = sh.jit_train_step(step, mesh, shardings, **kw)
+    for i in range(num_steps):
+        state, _ = step(state, sh.global_batch(make_batch(i, batch_size), mesh), jax.random.key(0))
+    return state, shardings
+
+
 def max_rel_diff(a, b) -> float:
     """Largest |a - b| / max|b| over the leaves of two pytrees."""
     diffs = jax.tree.map(
