@@ -157,7 +157,9 @@ def train_loop(
       save_every: save every this many steps (and at the end).
       log_every: fetch metrics, check them and call ``callbacks`` every this many steps.
       put_batch: host batch -> device batch (e.g. ``lambda b: global_batch(b, mesh)``).
-      callbacks: ``callback(step, mean_metrics, state)`` every ``log_every`` steps.
+      callbacks: ``callback(step, mean_metrics, state)`` every ``log_every`` steps and at the
+        end; ``mean_metrics`` averages the steps since the previous call. The state is
+        donated to the next step: use it inside the callback, copy what must outlive it.
       on_step: ``on_step(step)`` after every dispatched step (progress bars); no device sync.
       config: JSON-able run configuration stored in each checkpoint.
       handle_sigterm: save and stop on SIGTERM.
