@@ -201,7 +201,8 @@ def test_cfg_condition_dropout_per_example():
         "context": jnp.ones((n, 2, 3)),
     }
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(0), jnp.arange(n))
-    loss, _ = jax.jit(loss_fn, compiler_options=FAST_COMPILE)({}, batch, keys, keys[0])
+    loss_fn = jax.jit(loss_fn, compiler_options=FAST_COMPILE)
+    loss, _ = loss_fn({}, batch, keys, keys[0])
     # target x0 = 0: loss = output^2 = 1 if dropped (label null, context 0), 100 if kept.
     values = set(np.unique(np.asarray(loss)).tolist())
     assert values == {1.0, 100.0}
@@ -216,18 +217,18 @@ def test_cfg_condition_dropout_per_example():
 def test_step_and_objective_validate_arguments():
     with pytest.raises(ValueError, match="grad_accum_steps"):
         make_train_step(_quadratic_loss, make_optimizer(learning_rate=1e-3), grad_accum_steps=0)
-    init_fn, _ = jitted()
-    _, step = build(grad_accum_steps=3)
+    init_fn, step = build(grad_accum_steps=3)
+    state = jax.eval_shape(init_fn, jax.random.key(1))
     with pytest.raises(ValueError, match="not divisible by grad_accum_steps=3"):
-        step(init_fn(jax.random.key(1)), make_batch(0, 16), jax.random.key(0))
+        jax.eval_shape(step, state, make_batch(0, 16), jax.random.key(0))
     sched = schedules.make_schedule("linear", num_train_timesteps=10)
     with pytest.raises(ValueError, match="allowed"):
         make_diffusion_loss_fn(TinyDenoiser().apply, schedule=sched, weighting="nope")
     loss_fn = make_diffusion_loss_fn(TinyDenoiser().apply, schedule=sched, cond_drop_prob=0.5)
-    params = init_params(TinyDenoiser(), jax.random.key(0))
+    params = jax.eval_shape(lambda k: init_params(TinyDenoiser(), k), jax.random.key(0))
     keys = jax.random.split(jax.random.key(0), 4)
     with pytest.raises(ValueError, match="null_label"):
-        loss_fn(params, make_batch(0, 4), keys, keys[0])
+        jax.eval_shape(loss_fn, params, make_batch(0, 4), keys, keys[0])
 
 
 def _zero_model(variables, x, t, labels=None, context=None, train=False, rngs=None):
@@ -241,8 +242,8 @@ def test_objectives_match_closed_forms_for_a_zero_model():
     fast = {"compiler_options": FAST_COMPILE}
     x0 = np.random.default_rng(0).uniform(-1, 1, (n, *shape)).astype(np.float32)
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(3), jnp.arange(n))
-    parts = [jax.random.split(k, 3) for k in keys]
-    noise = np.stack([np.asarray(jax.random.normal(p[1], shape)) for p in parts]).astype(np.float64)
+    parts = jax.vmap(lambda k: jax.random.split(k, 3))(keys)  # [n, 3]: times, noise, dropout
+    noise = np.asarray(jax.vmap(lambda k: jax.random.normal(k, shape))(parts[:, 1]), np.float64)
     linear = schedules.make_schedule("linear", num_train_timesteps=1000)
     eps_loss, _ = make_diffusion_loss_fn(_zero_model, schedule=linear)(
         {}, {"image": x0}, keys, keys[0]
@@ -250,7 +251,8 @@ def test_objectives_match_closed_forms_for_a_zero_model():
     np.testing.assert_allclose(eps_loss, np.mean(noise**2, axis=(1, 2, 3)), rtol=1e-5)
 
     edm = schedules.EDMSchedule()
-    sigma = np.array([float(jnp.exp(-1.2 + 1.2 * jax.random.normal(p[0], (1,)))[0]) for p in parts])
+    log_sigma = -1.2 + 1.2 * jax.vmap(lambda k: jax.random.normal(k, (1,))[0])(parts[:, 0])
+    sigma = np.exp(np.asarray(log_sigma, np.float64))
     edm_fn = jax.jit(make_diffusion_loss_fn(_zero_model, schedule=edm, objective="edm"), **fast)
     edm_loss, _ = edm_fn({}, {"image": x0}, keys, keys[0])
     s = sigma[:, None, None, None]
