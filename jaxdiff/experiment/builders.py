@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 import jaxdiff
-from jaxdiff import models
+from jaxdiff import models, training
 from jaxdiff.diffusion import edm_preconditioning, expand
 from jaxdiff.guidance import classifier_free_guidance
 from jaxdiff.schedules import DiscreteSchedule, EDMSchedule, make_schedule
@@ -37,6 +37,27 @@ def build_schedule(d: Mapping[str, Any]) -> DiscreteSchedule | EDMSchedule:
         beta_end=d["beta_end"],
         rescale_betas_zero_snr=d["rescale_betas_zero_snr"],
     )
+
+
+def build_optimizer(config: Any):
+    """(optax transformation, learning-rate schedule) of ``config.optim``."""
+    o, t = config.optim, config.train
+    lr = training.make_lr_schedule(
+        learning_rate=o.lr,
+        warmup_steps=o.warmup_steps,
+        decay=o.decay,
+        total_steps=max(t.num_steps, o.warmup_steps + 1),
+        final_lr_fraction=o.final_lr_fraction,
+    )
+    opt = training.make_optimizer(
+        learning_rate=lr,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        grad_clip_norm=o.grad_clip,
+    )
+    return opt, lr
 
 
 def build_model(m: Mapping[str, Any], *, num_classes: int | None) -> models.UNet:

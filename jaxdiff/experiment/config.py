@@ -20,6 +20,14 @@ from jaxdiff import diffusion, losses, samplers, schedules
 _PRESETS = ("DIGITS", "TINY", "DDPM_CIFAR10", "ADM_IMAGENET64")
 
 
+def placeholder(kind: type, value: Any = None) -> Any:
+    """An optional field of a known type (so ``--config.x=...`` can set it from None)."""
+    ref = ml_collections.config_dict.placeholder(kind)
+    if value is not None:
+        ref.set(value)
+    return ref
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Every config field with its default (a class-conditional digits run)."""
     c = ml_collections.ConfigDict()
@@ -28,11 +36,11 @@ def base_config() -> ml_collections.ConfigDict:
         name="digits",
         split="train",
         eval_split="test",
-        path=None,  # the folder of an "image_folder" dataset
-        image_size=None,  # None keeps the stored size
+        path=placeholder(str),  # the folder of an "image_folder" dataset
+        image_size=placeholder(int),  # None keeps the stored size
         global_batch_size=64,
         random_flip=False,
-        data_dir=None,
+        data_dir=placeholder(str),
         download=False,
         worker_count=0,
     )
@@ -64,10 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
         b1=0.9,
         b2=0.999,
         eps=1e-8,
-        grad_clip=1.0,
+        grad_clip=placeholder(float, 1.0),
         grad_accum_steps=1,
     )
-    c.ema = dict(decay=0.999, half_life_images=None, warmup=True)
+    c.ema = dict(decay=placeholder(float, 0.999), half_life_images=placeholder(float), warmup=True)
     c.train = dict(
         num_steps=3000,
         log_every=100,

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxdiff import data as data_lib
 from jaxdiff import training
-from jaxdiff.experiment import builders
+from jaxdiff.experiment import builders, sampling
 from jaxdiff.experiment.config import validate_config
 
 
@@ -74,26 +74,6 @@ class Components:
             num_steps=s["num_steps"],
             options=dict(s["options"]),
         )
-
-
-def _optimizer(config):
-    o, t = config.optim, config.train
-    lr = training.make_lr_schedule(
-        learning_rate=o.lr,
-        warmup_steps=o.warmup_steps,
-        decay=o.decay,
-        total_steps=max(t.num_steps, o.warmup_steps + 1),
-        final_lr_fraction=o.final_lr_fraction,
-    )
-    opt = training.make_optimizer(
-        learning_rate=lr,
-        b1=o.b1,
-        b2=o.b2,
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        grad_clip_norm=o.grad_clip,
-    )
-    return opt, lr
 
 
 def _train_step(c: Components, optimizer, lr):
@@ -161,10 +141,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+        sampling.write_run_info(
+            workdir, image_shape=c.image_shape, num_classes=c.model.num_classes or 0
+        )
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
 
     mesh = training.make_mesh(fsdp=t.fsdp)
-    optimizer, lr = _optimizer(config)
+    optimizer, lr = builders.build_optimizer(config)
     init_fn = training.make_init_fn(c.init_params, optimizer)
     key = jax.random.key(config.seed)
     k_init, k_train = jax.random.split(key)
