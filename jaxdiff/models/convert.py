@@ -209,13 +209,13 @@ def load_flax_diffusers_unet(
         raise ValueError(f"numerics must be 'flax' or 'torch', got {numerics!r}.")
     path = os.fspath(path)
     config = _read_config(path)
+    file = os.path.join(path, FLAX_NAME)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file}: no such file.")
     kwargs, in_channels = diffusers_config.unet_kwargs(config, os.path.join(path, CONFIG_NAME))
     if numerics == "flax":
         kwargs.update(diffusers_config.flax_numerics())
     module = UNet(**{**kwargs, **overrides})
-    file = os.path.join(path, FLAX_NAME)
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{file}: no such file.")
     with open(file, "rb") as f:
         tree = serialization.msgpack_restore(f.read())
     tree = tree.get("params", tree)
