@@ -64,6 +64,7 @@ class Components:
     def generate_fn(self, **overrides: Any):
         """The jitted sampling function of this model (config.sample, with overrides)."""
         s = {**self.config.sample.to_dict(), **overrides}
+        guided = self.conditional and s["guidance_scale"] != 1.0
         return builders.make_generate_fn(
             self.model,
             self.schedule,
@@ -73,6 +74,7 @@ class Components:
             sampler=s["sampler"],
             num_steps=s["num_steps"],
             options=dict(s["options"]),
+            guided=guided,
         )
 
 
