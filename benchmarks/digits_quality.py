@@ -36,8 +36,8 @@ CONFIGS = [
     ("euler", 20, 1.0, {}),
     ("heun", 10, 1.0, {}),
     ("ddpm", 50, 1.0, {"clip_sample": True}),
-    ("ddpm", 1000, 1.0, {"clip_sample": True}),
 ]
+SLOW = [("ddpm", 1000, 1.0, {"clip_sample": True})]
 
 
 def real_digits():
@@ -56,6 +56,7 @@ def main(argv=None):
     p.add_argument("--skip_train", action="store_true", help="only evaluate the workdir")
     p.add_argument("--floor_draws", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="only the 20-step DDIM row")
+    p.add_argument("--include_slow", action="store_true", help="also 1000-step DDPM")
     args = p.parse_args(argv)
 
     from sklearn.linear_model import LogisticRegression
@@ -93,7 +94,9 @@ def main(argv=None):
     gen = load_workdir(args.workdir)
     labels = np.arange(n) % 10
     rows = []
-    configs = [c for c in CONFIGS if c[:3] == ("ddim", 20, 1.0)] if args.quick else CONFIGS
+    configs = CONFIGS + (SLOW if args.include_slow else [])
+    if args.quick:
+        configs = [c for c in CONFIGS if c[:3] == ("ddim", 20, 1.0)]
     for sampler, steps, scale, options in configs:
         t0 = time.perf_counter()
         images, _ = gen.sample(
