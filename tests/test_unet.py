@@ -217,3 +217,21 @@ def test_zero_classes_means_unconditional():
     assert "class_embedding" in _shapes(TINY(), jnp.zeros((1, 8, 8, 3)))
     with pytest.raises(ValueError, match=">= 0 or None"):
         TINY(num_classes=-1)
+
+
+def test_group_norm_gradient_matches_autodiff_of_the_definition():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 8)) * 3.0 + 2.0
+    scale, bias = jnp.linspace(0.5, 1.5, 8), jnp.linspace(-1.0, 1.0, 8)
+    ct = jax.random.normal(jax.random.key(1), x.shape)
+
+    def definition(x, scale, bias):
+        g = x.reshape(2, 15, 4, 2)
+        mean = g.mean((1, 3), keepdims=True)
+        var = ((g - mean) ** 2).mean((1, 3), keepdims=True)
+        return ((g - mean) / jnp.sqrt(var + 1e-5)).reshape(x.shape) * scale + bias
+
+    fast = lambda x, s, b: group_norm(x, s, b, groups=4, eps=1e-5)
+    got = jax.vjp(fast, x, scale, bias)[1](ct)
+    ref = jax.vjp(definition, x, scale, bias)[1](ct)
+    for name, a, b in zip(["dx", "dscale", "dbias"], got, ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5 * float(jnp.abs(b).max()), err_msg=name)

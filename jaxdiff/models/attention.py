@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.models.layers import GroupNorm
+from jaxdiff.models.ops import Conv, Dense
 
 Dtype = Any
 
@@ -163,15 +164,15 @@ def multi_head_attention(
         raise ValueError(f"attention: {c} channels are not divisible into {heads} heads.")
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     src = x if context is None else context
-    q = nn.Dense(c, use_bias=qkv_bias, name="to_q", **kw)(x)
-    k = nn.Dense(c, use_bias=qkv_bias, name="to_k", **kw)(src)
-    v = nn.Dense(c, use_bias=qkv_bias, name="to_v", **kw)(src)
+    q = Dense(c, use_bias=qkv_bias, name="to_q", **kw)(x)
+    k = Dense(c, use_bias=qkv_bias, name="to_k", **kw)(src)
+    v = Dense(c, use_bias=qkv_bias, name="to_v", **kw)(src)
 
     def split(t):
         return t.reshape(t.shape[0], t.shape[1], heads, c // heads)
 
     o = dot_product_attention(split(q), split(k), split(v), implementation=implementation)
-    return nn.Dense(c, name="to_out_0", **kw)(o.reshape(b, lq, c))
+    return Dense(c, name="to_out_0", **kw)(o.reshape(b, lq, c))
 
 
 class SpatialSelfAttention(nn.Module):
@@ -235,7 +236,7 @@ class GEGLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.Dense(2 * self.features, name="proj", dtype=self.dtype, param_dtype=self.param_dtype)
+        h = Dense(2 * self.features, name="proj", dtype=self.dtype, param_dtype=self.param_dtype)
         value, gate = jnp.split(h(x), 2, axis=-1)
         return value * nn.gelu(gate, approximate=self.approximate)
 
@@ -286,7 +287,7 @@ class FeedForward(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = GEGLU(self.mult * c, self.gelu_approximate, name="net_0", **kw)(x)
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        return nn.Dense(c, name="net_2", **kw)(h)
+        return Dense(c, name="net_2", **kw)(h)
 
 
 class SpatialTransformer(nn.Module):
@@ -314,8 +315,8 @@ class SpatialTransformer(nn.Module):
 
         def proj(name):
             if self.linear_projection:
-                return nn.Dense(c, name=name, **kw)
-            return nn.Conv(c, (1, 1), name=name, **kw)
+                return Dense(c, name=name, **kw)
+            return Conv(c, 1, padding=((0, 0), (0, 0)), name=name, **kw)
 
         y = GroupNorm(self.groups, self.eps, self.param_dtype, name="norm")(x)
         y = proj("proj_in")(y).reshape(b, h * w, c)

@@ -13,48 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdiff.models.ops import PAD_1, Conv, Dense, add_per_sample, film, group_norm
+
 Dtype = Any
-
-# Explicit padding: Flax's "SAME" pads a stride-2 convolution by (0, 1), PyTorch by (1, 1).
-PAD_1 = ((1, 1), (1, 1))
-
-
-def group_norm(
-    x: jax.Array, scale: jax.Array, bias: jax.Array, *, groups: int, eps: float
-) -> jax.Array:
-    """Group normalisation of a channels-last tensor, statistics in float32.
-
-    The per-(sample, channel) first and second moments are computed as a matrix product over
-    the spatial positions (faster on CPU than XLA's small reductions), reduced to per-group
-    mean and variance, and folded into one per-channel scale and shift.
-
-    Args:
-      x: input [B, ..., C].
-      scale: per-channel gain [C].
-      bias: per-channel offset [C].
-      groups: number of groups; must divide C.
-      eps: added to the group variance.
-
-    Returns:
-      The normalised tensor, same shape and dtype as ``x``.
-    """
-    b, c = x.shape[0], x.shape[-1]
-    if c % groups:
-        raise ValueError(f"group_norm: {c} channels are not divisible into {groups} groups.")
-    xf = x.astype(jnp.float32).reshape(b, -1, c)
-    n = xf.shape[1]
-    w = jnp.full((1, n), 1.0 / n, jnp.float32)
-    mean_c = jnp.matmul(w, xf)[:, 0]  # [B, C]
-    sq_c = jnp.matmul(w, xf * xf)[:, 0]  # [B, C]
-    per = c // groups
-    mean_g = mean_c.reshape(b, groups, per).mean(-1)  # [B, G]
-    var_g = jnp.maximum(sq_c.reshape(b, groups, per).mean(-1) - mean_g * mean_g, 0.0)
-    rstd = jnp.repeat(jax.lax.rsqrt(var_g + eps), per, axis=1)  # [B, C]
-    gain = rstd * scale.astype(jnp.float32)
-    shift = bias.astype(jnp.float32) - jnp.repeat(mean_g, per, axis=1) * gain
-    bshape = (b,) + (1,) * (x.ndim - 2) + (c,)
-    y = xf.reshape(x.shape) * gain.reshape(bshape) + shift.reshape(bshape)
-    return y.astype(x.dtype)
 
 
 class GroupNorm(nn.Module):
@@ -116,8 +77,8 @@ class TimestepMLP(nn.Module):
     @nn.compact
     def __call__(self, emb: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        emb = nn.Dense(self.features, name="linear_1", **kw)(emb)
-        return nn.Dense(self.features, name="linear_2", **kw)(nn.silu(emb))
+        emb = Dense(self.features, name="linear_1", **kw)(emb)
+        return Dense(self.features, name="linear_2", **kw)(nn.silu(emb))
 
 
 def upsample_nearest(x: jax.Array) -> jax.Array:
@@ -144,10 +105,7 @@ class Downsample(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         pad = PAD_1 if self.padding == 1 else ((0, 1), (0, 1))
-        conv = nn.Conv(
-            self.features, (3, 3), strides=(2, 2), padding=pad, name="conv",
-            dtype=self.dtype, param_dtype=self.param_dtype,
-        )  # fmt: skip
+        conv = Conv(self.features, 3, 2, pad, self.dtype, self.param_dtype, name="conv")
         return conv(x)
 
 
@@ -160,10 +118,7 @@ class Upsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = nn.Conv(
-            self.features, (3, 3), padding=PAD_1, name="conv",
-            dtype=self.dtype, param_dtype=self.param_dtype,
-        )  # fmt: skip
+        conv = Conv(self.features, 3, 1, PAD_1, self.dtype, self.param_dtype, name="conv")
         return conv(upsample_nearest(x))
 
 
@@ -195,18 +150,18 @@ class ResBlock(nn.Module):
             x, h = avg_pool2(x), avg_pool2(h)
         elif self.resample == "up":
             x, h = upsample_nearest(x), upsample_nearest(h)
-        h = nn.Conv(self.features, (3, 3), padding=PAD_1, name="conv1", **kw)(h)
+        h = Conv(self.features, name="conv1", **kw)(h)
         n_emb = 2 * self.features if self.scale_shift else self.features
-        e = nn.Dense(n_emb, name="time_emb_proj", **kw)(emb_act)[:, None, None, :]
+        e = Dense(n_emb, name="time_emb_proj", **kw)(emb_act)
         norm2 = GroupNorm(self.groups, self.eps, self.param_dtype, name="norm2")
         if self.scale_shift:
             scale, shift = jnp.split(e, 2, axis=-1)
-            h = norm2(h) * (1 + scale) + shift
+            h = film(norm2(h), scale, shift)
         else:
-            h = norm2(h + e)
+            h = norm2(add_per_sample(h, e))
         h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=not train)
-        h = nn.Conv(self.features, (3, 3), padding=PAD_1, name="conv2", **kw)(h)
+        h = Conv(self.features, name="conv2", **kw)(h)
         if x.shape[-1] != self.features:
-            x = nn.Conv(self.features, (1, 1), name="conv_shortcut", **kw)(x)
+            x = Conv(self.features, 1, padding=((0, 0), (0, 0)), name="conv_shortcut", **kw)(x)
         out = x + h
         return out if self.output_scale == 1.0 else out / self.output_scale

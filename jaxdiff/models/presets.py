@@ -45,10 +45,11 @@ ADM_IMAGENET64 = functools.partial(
 )
 
 # Small class-conditional model for the 8x8x1 scikit-learn digits (10 classes): levels at 8, 4
-# and 2 pixels, attention at 4x4 and in the middle. Trains in minutes on a laptop CPU.
+# and 2 pixels with 16, 32 and 64 channels (narrow where the pixels are many: the step cost is
+# dominated by the 8x8 level), attention at 4x4 and in the middle. 0.65M parameters.
 DIGITS = functools.partial(
     UNet,
-    channels=(32, 32, 64),
+    channels=(16, 32, 64),
     num_res_blocks=1,
     attention_levels=(1,),
     head_dim=16,

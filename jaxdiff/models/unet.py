@@ -24,7 +24,8 @@ import jax.numpy as jnp
 
 from jaxdiff.models import attention as attention_lib
 from jaxdiff.models.blocks import BlockSpec, DownBlock, MidBlock, UpBlock
-from jaxdiff.models.layers import PAD_1, GroupNorm, TimestepMLP, timestep_embedding
+from jaxdiff.models.layers import GroupNorm, TimestepMLP, timestep_embedding
+from jaxdiff.models.ops import Conv
 
 Dtype = Any
 
@@ -172,7 +173,7 @@ class UNet(nn.Module):
         nres = self.level_res_blocks()
         emb_act = self._embed(t, labels, x.shape[0])
         h = 2 * x - 1 if self.center_input else x
-        h = nn.Conv(self.channels[0], (3, 3), padding=PAD_1, name="conv_in", **kw)(h)
+        h = Conv(self.channels[0], name="conv_in", **kw)(h)
         skips = [h]
         for lv in range(n):
             heads = self.level_heads(lv) if lv in self.attention_levels else 0
@@ -195,7 +196,7 @@ class UNet(nn.Module):
         h = nn.silu(GroupNorm(self.norm_groups, self.norm_eps, self.param_dtype,
                               name="conv_norm_out")(h))  # fmt: skip
         out_ch = self.out_channels or x.shape[-1]
-        out = nn.Conv(out_ch, (3, 3), padding=PAD_1, name="conv_out", **kw)(h)
+        out = Conv(out_ch, name="conv_out", **kw)(h)
         return out.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
