@@ -172,6 +172,8 @@ def test_edm_schedule_model_with_vmap():
         (dict(sampler="ddim", prediction_type="x0"), "Unknown prediction_type 'x0'"),
         (dict(sampler="euler_ancestral", prediction_type="sample"), "not supported by sampler"),
         (dict(sampler="ddpm"), "stochastic: pass key="),
+        (dict(sampler="dpm_solver", num_steps=1000), "repeated timesteps"),
+        (dict(sampler="unipc", num_steps=1000, solver_order=3), "repeated timesteps"),
         (dict(sampler="edm", schedule=make_schedule("linear"), num_steps=1), "num_steps >= 2"),
         (
             dict(sampler="euler", schedule=EDMSchedule()),

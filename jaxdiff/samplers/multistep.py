@@ -68,7 +68,17 @@ def sigma_grid(
         sigmas = np.interp(ts, np.arange(len(sig_all)), sig_all)
         last = sigma_min_train
     final = 0.0 if opts["final_sigmas_type"] == "zero" else last
-    return ts, np.concatenate([sigmas, [final]]).astype(np.float32)
+    grid = np.concatenate([sigmas, [final]]).astype(np.float32)
+    if np.any(np.diff(grid[:-1]) >= 0):
+        # e.g. N = T with "linspace" repeats a timestep, "leading" with N >= T puts every
+        # step at t = 0, a steps_offset can push one past T - 1 (clamped onto its
+        # neighbour): a zero step in lambda, which the multistep formulas divide by.
+        raise ValueError(
+            f"num_steps={num_steps} with timestep_spacing={opts['timestep_spacing']!r} and "
+            f"steps_offset={opts['steps_offset']} gives repeated timesteps (a zero-length "
+            "step); use fewer steps or timestep_spacing='trailing'."
+        )
+    return ts, grid
 
 
 def alpha_sigma_lambda(sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
