@@ -56,3 +56,13 @@ def test_dense_matches_flax_dense():
     params = nn.Dense(4).init(jax.random.key(1), x)
     params["params"]["bias"] = jnp.arange(4.0)
     np.testing.assert_allclose(Dense(4).apply(params, x), nn.Dense(4).apply(params, x), rtol=1e-6)
+
+
+def test_upsample_and_pool_gradients():
+    from jaxdiff.models.layers import avg_pool2, upsample_nearest
+
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5))
+    b, h, w, c = x.shape
+    _check_vjp(upsample_nearest, lambda x: jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), x)
+    x2 = jax.random.normal(jax.random.key(1), (2, 6, 4, 5))
+    _check_vjp(avg_pool2, lambda x: x.reshape(2, 3, 2, 2, 2, 5).mean((2, 4)), x2)
