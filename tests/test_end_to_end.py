@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,15 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {
     **os.environ,
-    "XLA_FLAGS": "",  # one device, like a user's laptop
+    # One device, like a user's laptop; fast (unoptimised) compiles, as in conftest.py.
+    "XLA_FLAGS": "--xla_backend_optimization_level=0",
     "JAXDIFF_DATA_DIR": "",  # set per test
     "TF_CPP_MIN_LOG_LEVEL": "2",
+    # The subprocesses compile the same programs again and again (train, resume, sample):
+    # share a persistent compilation cache between them.
+    "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="jaxdiff-e2e-cache-"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
 }
 
 
