@@ -20,7 +20,9 @@ and optax, e.g. the reference environment with jax added
     /work/refenv/bin/python benchmarks/unet_speed.py --ynn           # + XLA's YNN conv flag
 
 Both frameworks use all the machine's cores (torch.set_num_threads(os.cpu_count()); XLA's
-CPU client uses one intra-op thread per core).
+CPU client uses one intra-op thread per core), or one thread each with ``--threads 1``
+(``--xla_cpu_multi_thread_eigen=false``), which is less skewed when other processes share the
+machine: a multi-threaded PyTorch step slows down far more than XLA's when a core is taken.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ import numpy as np
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 CONFIGS = {
     # DDPM-style UNet2DModel: three levels, self-attention at the second level and the middle.
-    "unet2d": dict(channels=(64, 128, 128), num_res_blocks=2, attention_levels=(1,), head_dim=32,
+    "unet2d": dict(channels=(32, 64, 64), num_res_blocks=2, attention_levels=(1,), head_dim=32,
                    norm_groups=32, flip_sin_to_cos=False, freq_shift=1),
     # Latent-diffusion-style UNet2DConditionModel: transformer blocks with cross-attention.
-    "cond": dict(channels=(64, 128, 128), num_res_blocks=2, attention_levels=(1, 2), num_heads=4,
+    "cond": dict(channels=(32, 64, 64), num_res_blocks=2, attention_levels=(1, 2), num_heads=2,
                  attention_type="transformer", context_dim=64, norm_groups=32),
     # jaxdiff's DIGITS preset (class-conditional, 8x8x1).
     "digits": "DIGITS",
@@ -54,7 +56,13 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--channels", type=int, default=3, help="image channels")
     p.add_argument("--rounds", type=int, default=11)
-    p.add_argument("--steps", type=int, default=3, help="steps per round and framework")
+    p.add_argument("--steps", type=int, default=2, help="steps per round and framework")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="threads for each framework (1: single-threaded XLA and torch)",
+    )
     p.add_argument("--ynn", action="store_true", help=f"set XLA_FLAGS={YNN_FLAG}")
     return p.parse_args()
 
@@ -196,15 +204,17 @@ def _interleave(run_jax, run_torch, args) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     args = _parse()
-    if args.ynn:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + YNN_FLAG).strip()
+    flags = [os.environ.get("XLA_FLAGS", "")] + [YNN_FLAG] * args.ynn
+    if args.threads == 1:
+        flags.append("--xla_cpu_multi_thread_eigen=false")
+    os.environ["XLA_FLAGS"] = " ".join(f for f in flags if f)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import jax
     import jax.numpy as jnp
     import optax
     import torch
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, cpus={os.cpu_count()}")  # fmt: skip
     print(f"load average before: {open('/proc/loadavg').read().split()[:3]}")
@@ -212,9 +222,13 @@ def main() -> None:
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     print(f"config {args.config}: {n_params / 1e6:.2f}M parameters, batch {args.batch}")
     rng = np.random.default_rng(0)
-    for size in args.sizes:
-        data = _inputs(args, module, size, rng)
-        err = _parity(module, params, torch_model, data, jax, jnp, torch)
+    inputs = {size: _inputs(args, module, size, rng) for size in args.sizes}
+    # Parity before any training step changes the PyTorch weights.
+    errors = {
+        s: _parity(module, params, torch_model, d, jax, jnp, torch) for s, d in inputs.items()
+    }
+    for size, data in inputs.items():
+        err = errors[size]
         run_jax, flops = _jax_step(module, params, data, jax, jnp, optax)
         run_torch = _torch_step(torch_model, data, torch)
         peak = _matmul_peak(jax, jnp)

@@ -11,6 +11,10 @@ guidance (``labels=None`` means that null class for every example); context [B, 
 states for cross-attention. The output has x's shape, or ``out_channels`` channels (e.g.
 2 C for a learned variance). Parameter names follow diffusers' UNet2DModel /
 UNet2DConditionModel, which `jaxdiff.models.convert` relies on.
+
+Differentiation is reverse-mode (`jax.grad`, `jax.vjp`): group norm, bias additions and the
+"flash" attention have custom VJPs that compute their gradient sums as matmuls (much faster
+on CPU); `jax.jvp` through the model is not supported.
 """
 
 from __future__ import annotations
