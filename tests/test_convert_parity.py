@@ -1,8 +1,8 @@
 """diffusers checkpoints loaded by jaxdiff give diffusers' outputs (fixtures: generate.py).
 
 Tolerance: max |jaxdiff - diffusers| <= 1e-4 * std(output), jaxdiff in float32 against the
-PyTorch model evaluated in float64 on the same float32 weights (the Flax checkpoint against
-diffusers' Flax model in float32).
+diffusers model (PyTorch, or Flax for the msgpack checkpoint) evaluated in float64 on the same
+float32 weights.
 """
 
 import json

@@ -149,9 +149,10 @@ def group_norm(
 ) -> jax.Array:
     """Group normalisation of a channels-last tensor, statistics in float32.
 
-    The per-(sample, channel) sums over the spatial positions are matmuls with a row of ones;
-    they are reduced to per-group mean and variance and folded into one per-channel gain and
-    shift. The custom VJP is built the same way (2-3x faster than autodiff at small shapes).
+    The per-(sample, channel) sums over the spatial positions are matmuls with a row of ones
+    (mean first, then the centred second moment); they are reduced to per-group mean and
+    variance and folded into one per-channel gain and shift. The custom VJP is built the same
+    way (2-3x faster than autodiff at small shapes).
 
     Args:
       x: input [B, ..., C].
@@ -180,9 +181,12 @@ def _gn_forward(x, scale, bias, groups, eps):
     xf = x.astype(jnp.float32).reshape(b, -1, c)
     n = xf.shape[1] * per
     mean_g = _sum_rows(xf).reshape(b, groups, per).sum(-1) / n  # [B, G]
-    sq_g = _sum_rows(xf * xf).reshape(b, groups, per).sum(-1) / n
-    rstd_g = jax.lax.rsqrt(jnp.maximum(sq_g - mean_g * mean_g, 0.0) + eps)
-    mean_c, rstd_c = _per_channel(mean_g, per), _per_channel(rstd_g, per)  # [B, C]
+    mean_c = _per_channel(mean_g, per)  # [B, C]
+    # Two passes: E[x^2] - E[x]^2 loses most digits when |mean| >> std (seen with one channel
+    # per group on 4x4 pixels: 6e-5 x std output error against 1e-6 centred).
+    centred = xf - mean_c[:, None]
+    var_g = _sum_rows(centred * centred).reshape(b, groups, per).sum(-1) / n
+    rstd_c = _per_channel(jax.lax.rsqrt(var_g + eps), per)
     gain = rstd_c * scale.astype(jnp.float32)
     shift = bias.astype(jnp.float32) - mean_c * gain
     y = (xf * gain[:, None] + shift[:, None]).reshape(x.shape).astype(x.dtype)
