@@ -121,6 +121,27 @@ def test_bf16_model_matches_float32_to_bf16_accuracy(sampler, steps):
     assert np.abs(np.asarray(low) - np.asarray(ref)).max() < 0.05 * max(1.0, np.abs(ref).max())
 
 
+@pytest.mark.parametrize("spacing, steps", [("trailing", 3), ("linspace", 4), ("linspace", 25)])
+def test_euler_ancestral_is_finite_when_sigma_max_dwarfs_the_next_sigma(spacing, steps):
+    # Cosine betas start at sigma ~2e4 and the next grid point is ~1: diffusers' float32
+    # sqrt(s_to^2 - s_up^2) is sqrt(<0) = NaN there (NaN images); the exact value is s_to^2/s_from.
+    sched = make_schedule("squaredcos_cap_v2")
+    loop = samplers.SamplingLoop(
+        "euler_ancestral", schedule=sched, num_steps=steps, timestep_spacing=spacing
+    )
+    tables = {k: np.asarray(v, np.float64) for k, v in loop.plan.tables.items()}
+    s_from, s_up, s_down = tables["sigma"], tables["sigma_up"], tables["sigma_down"]
+    s_to = np.append(s_from[1:], 0.0)
+    np.testing.assert_allclose(s_down, s_to**2 / s_from, rtol=1e-6)
+    np.testing.assert_allclose(s_up**2 + s_down**2, s_to**2, rtol=1e-6)
+    noise = jax.random.normal(jax.random.key(0), SHAPE)
+    out = jaxdiff.sample(
+        eps_model, noise, schedule=sched, sampler="euler_ancestral", num_steps=steps,
+        key=jax.random.key(1), timestep_spacing=spacing,
+    )  # fmt: skip
+    assert np.all(np.isfinite(out))
+
+
 def test_step_level_api_equals_the_scan():
     noise = jax.random.normal(jax.random.key(0), SHAPE)
     key = jax.random.key(1)
@@ -175,6 +196,14 @@ def test_edm_schedule_model_with_vmap():
         (dict(sampler="dpm_solver", num_steps=1000), "repeated timesteps"),
         (dict(sampler="unipc", num_steps=1000, solver_order=3), "repeated timesteps"),
         (dict(sampler="edm", schedule=make_schedule("linear"), num_steps=1), "num_steps >= 2"),
+        (
+            dict(
+                sampler="pndm",
+                schedule=make_schedule("scaled_linear", rescale_betas_zero_snr=True),
+                timestep_spacing="trailing",
+            ),
+            r"pndm divides by sqrt\(alphas_cumprod\[t\]\), which is 0 at timestep\(s\) \[999\]",
+        ),
         (
             dict(sampler="euler", schedule=EDMSchedule()),
             "needs a schedule of type DiscreteSchedule",

@@ -148,10 +148,13 @@ class EulerAncestral(Sampler):
         ac = base.host_alphas_cumprod(schedule)
         ts, sigmas = karras_timesteps(ac, num_steps, {**opts, "use_karras_sigmas": False})
         sig = np.concatenate([sigmas, [0.0]]).astype(np.float32)
-        s_from, s_to = sig[:-1], sig[1:]
-        s_up = np.sqrt(s_to**2 * (s_from**2 - s_to**2) / s_from**2)
-        s_down = np.sqrt(s_to**2 - s_up**2)
-        tables = {"t": ts, "sigma": s_from, "sigma_up": f32(s_up), "sigma_down": f32(s_down)}
+        s_from, s_to = sig[:-1].astype(np.float64), sig[1:].astype(np.float64)
+        # diffusers' sqrt(s_to^2 - s_up^2) cancels to a negative number (NaN) in float32 when
+        # s_to << s_from (e.g. cosine betas: sigma_max ~2e4); it equals s_to^2 / s_from.
+        ratio = s_to / s_from
+        s_up = s_to * np.sqrt(1.0 - ratio**2)
+        s_down = s_to * ratio
+        tables = {"t": ts, "sigma": sig[:-1], "sigma_up": f32(s_up), "sigma_down": f32(s_down)}
         return Plan(tables, ts.astype(np.float64), init_sigma(sig, opts["timestep_spacing"]))
 
     def model_input(self, state, row, noise, opts):

@@ -101,6 +101,13 @@ class PNDM(Sampler):
                 r["a_ets"] = list(w) + [0.0] * (4 - len(w))
             rows.append(r)
             counter += 1
+        zero = sorted({r["t_eff"] for r in rows if ac[r["t_eff"]] == 0})
+        if zero:
+            raise ValueError(
+                f"pndm divides by sqrt(alphas_cumprod[t]), which is 0 at timestep(s) {zero} of "
+                "this grid (a zero-terminal-SNR schedule); use timestep_spacing='leading', or a "
+                "sampler that handles zero SNR (ddim, dpm_solver, unipc, euler)."
+            )
         tables = _tables(rows, ac, final)
         return Plan(tables, np.concatenate([prk, plms]).astype(np.float64), 1.0)
 

@@ -50,12 +50,14 @@ def _update_coefs(alpha, sigma, lam, t_idx, s0_idx, older, order, opts, correcto
     H_0 is the newest converted output; for the predictor H_0 is the output at s0, for the
     corrector H_0 is the output at t and H_1 the one at s0.
     """
-    h_phi_1, b_h, rks, rhos = _rhos(lam, t_idx, s0_idx, older, order, opts, corrector)
     x0 = opts["predict_x0"]
-    scale = alpha[t_idx] if x0 else sigma[t_idx]
     c_x = sigma[t_idx] / sigma[s0_idx] if x0 else alpha[t_idx] / alpha[s0_idx]
-    k = scale * b_h
     c_h = np.zeros(_DEPTH)
+    if lam[t_idx] == lam[s0_idx]:  # a zero-length step (sigma_min to a final sigma_min)
+        return c_x, c_h
+    h_phi_1, b_h, rks, rhos = _rhos(lam, t_idx, s0_idx, older, order, opts, corrector)
+    scale = alpha[t_idx] if x0 else sigma[t_idx]
+    k = scale * b_h
     base_j = 1 if corrector else 0  # position of m(s0) in H
     c_h[base_j] = -scale * h_phi_1
     for n, rk in enumerate(rks):  # D1_n = (m_older_n - m_s0) / rk
