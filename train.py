@@ -31,7 +31,13 @@ def main(argv):
     from jaxdiff.experiment import train_and_evaluate
 
     out = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    print(f"Done: {out['step']} steps in {out['workdir']} (samples in samples/).")
+    if out["preempted"]:
+        print(
+            f"Stopped at step {out['step']} (signal); checkpoint saved in {out['workdir']}. "
+            "Run the same command again to resume."
+        )
+    else:
+        print(f"Done: {out['step']} steps in {out['workdir']} (samples in samples/).")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """End to end: train.py (smoke configs), interruption + resume, sample.py, and bad input."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,25 +43,44 @@ def run(args, tmp_path, *, check=True, timeout=600):
     return proc
 
 
+def _committed_steps(work):
+    ckpts = work / "checkpoints"
+    return (
+        sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.exists() else []
+    )
+
+
 def test_train_interrupt_resume_and_sample(tmp_path):
     work = tmp_path / "run"
-    # First part: stop after 4 of the 6 steps (as an interruption would), then resume.
-    run(
-        [
-            "train.py",
-            "--config=configs/default.py:smoke",
-            f"--workdir={work}",
-            "--config.train.num_steps=4",
-        ],
-        tmp_path,
-    )
-    ckpts = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
-    assert ckpts[-1] == 4
-    out = run(["train.py", "--config=configs/default.py:smoke", f"--workdir={work}"], tmp_path)
-    assert "Done: 6 steps" in out.stdout
+    # A long run, interrupted by Ctrl-C (SIGINT) once it has committed a checkpoint: it saves
+    # at the next step and exits cleanly, saying how to resume.
+    env = {**ENV, "JAXDIFF_DATA_DIR": str(tmp_path / "data")}
+    args = ["train.py", "--config=configs/default.py:smoke", f"--workdir={work}"]
+    proc = subprocess.Popen(
+        [sys.executable, *args, "--config.train.num_steps=100000"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not _committed_steps(work) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    match = re.search(r"Stopped at step (\d+) \(signal\); checkpoint saved", out)
+    assert match and "Interrupted: saving a checkpoint" in err, (out, err[-2000:])
+    stopped = int(match.group(1))
+    assert 2 <= stopped < 100000 and _committed_steps(work)[-1] == stopped
+    # Resume (a few steps more) from the interrupted run's checkpoint.
+    total = stopped + 2
+    out = run([*args, f"--config.train.num_steps={total}"], tmp_path)
+    assert f"Done: {total} steps" in out.stdout
+    assert _committed_steps(work)[-1] == total
     assert (work / "config.json").exists() and (work / "run_info.json").exists()
     assert list(work.glob("events.out.tfevents*"))
-    grid = Image.open(work / "samples" / "step_6.png")
+    grid = Image.open(work / "samples" / f"step_{total}.png")
     assert grid.size[0] > 64
     # sample.py with per-sample seeds: the same image whatever the batch size.
     gen = tmp_path / "gen"

@@ -10,15 +10,16 @@ data iterator:
   callbacks get the window's means and the state;
 - a non-finite loss or gradient norm stops the run with :class:`NonFiniteLossError` naming the
   first bad step; no state after it is ever saved, so the last checkpoint stays good;
-- SIGTERM (preemption): the loop saves a checkpoint at the next step boundary and returns
-  ``preempted=True``. With several processes the decision is taken through JAX's
-  preemption sync point, so all processes stop at the same step.
+- SIGTERM (preemption) or a first Ctrl-C: the loop saves a checkpoint at the next step
+  boundary and returns ``preempted=True``. With several processes the decision is taken
+  through JAX's preemption sync point (SIGTERM), so all processes stop at the same step.
 """
 
 from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,7 +44,7 @@ class LoopResult(NamedTuple):
 
     state: TrainState
     step: int  # steps done (== state.step)
-    preempted: bool  # stopped early by SIGTERM after saving a checkpoint
+    preempted: bool  # stopped early by SIGTERM / Ctrl-C after saving a checkpoint
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -54,21 +55,36 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 class _Preemption:
-    """SIGTERM flag (one process) or JAX's cross-process preemption sync point."""
+    """SIGTERM / first Ctrl-C flag (one process) or JAX's cross-process preemption sync point.
+
+    In one process, SIGTERM and the first SIGINT (Ctrl-C) both ask the loop to save and stop at
+    the next step boundary; a second Ctrl-C raises KeyboardInterrupt as usual.
+    """
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self._flag = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
         self._use_jax_sync = jax.process_count() > 1
 
     def __enter__(self) -> _Preemption:
         in_main = threading.current_thread() is threading.main_thread()
         if self.enabled and not self._use_jax_sync and in_main:
-            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+            for sig in self._SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            if self._flag:
+                raise KeyboardInterrupt
+            print(
+                "\nInterrupted: saving a checkpoint after this step (Ctrl-C again to abort).",
+                file=sys.stderr,
+                flush=True,
+            )
         self._flag = True
 
     def reached(self, step: int) -> bool:
@@ -82,8 +98,8 @@ class _Preemption:
         return self._flag
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _fetch_and_check(
@@ -162,7 +178,7 @@ def train_loop(
         donated to the next step: use it inside the callback, copy what must outlive it.
       on_step: ``on_step(step)`` after every dispatched step (progress bars); no device sync.
       config: JSON-able run configuration stored in each checkpoint.
-      handle_sigterm: save and stop on SIGTERM.
+      handle_sigterm: save and stop on SIGTERM (and on a first Ctrl-C, in one process).
       resume: restore the latest checkpoint first (if any).
 
     Returns:
