@@ -177,14 +177,15 @@ def _gn_bwd(groups, eps, res, dy):
     dyf = dy.astype(jnp.float32).reshape(b, -1, c)
     n = xf.shape[1] * per
     g = scale.astype(jnp.float32)
+    centred = xf - mean_c[:, None]  # centred, as in the forward (no E[x y] - E[x] E[y])
     s_dy = _sum_rows(dyf)  # [B, C]
-    s_dy_xhat = rstd_c * (_sum_rows(dyf * xf) - mean_c * s_dy)
+    s_dy_xhat = rstd_c * _sum_rows(dyf * centred)
     k1 = _per_channel((g * s_dy).reshape(b, groups, per).sum(-1) / n, per)
     k2 = _per_channel((g * s_dy_xhat).reshape(b, groups, per).sum(-1) / n, per)
     a = rstd_c * g
     cx = -rstd_c * rstd_c * k2
-    c0 = rstd_c * (rstd_c * k2 * mean_c - k1)
-    dx = dyf * a[:, None] + xf * cx[:, None] + c0[:, None]
+    c0 = -rstd_c * k1
+    dx = dyf * a[:, None] + centred * cx[:, None] + c0[:, None]
     return (
         dx.reshape(x.shape).astype(x.dtype),
         s_dy_xhat.sum(0).astype(scale.dtype),
