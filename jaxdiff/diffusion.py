@@ -86,6 +86,26 @@ def to_x0_eps(
     return x0_from_v(x_t, output, alpha, sigma), eps_from_v(x_t, output, alpha, sigma)
 
 
+def x0_from_ve_output(
+    output: jax.Array, x: jax.Array, sigma: Any, prediction_type: str
+) -> jax.Array:
+    """x_0 from a model output at Karras sigma, for x = x_t / alpha_t (the variance-exploding
+    variable x_0 + sigma eps that sigma-space samplers integrate).
+
+    This is :func:`to_x0_eps` at alpha = 1 / sqrt(sigma^2 + 1), sigma_vp = sigma alpha on the
+    model input x alpha, written in the simplified form diffusers' Euler/Heun schedulers use
+    (epsilon: x - sigma eps; v: -sigma / sqrt(sigma^2 + 1) v + x / (sigma^2 + 1)), which keeps
+    float32 parity with them when sigma is large.
+    """
+    check_prediction_type(prediction_type)
+    sigma = expand(sigma, x)
+    if prediction_type == "epsilon":
+        return x - sigma * output
+    if prediction_type == "v_prediction":
+        return output * (-sigma / jnp.sqrt(sigma**2 + 1.0)) + x / (sigma**2 + 1.0)
+    return output
+
+
 def prediction_target(
     prediction_type: str, x0: jax.Array, eps: jax.Array, alpha: Any, sigma: Any
 ) -> jax.Array:

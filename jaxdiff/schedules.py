@@ -14,7 +14,6 @@ Continuous-time schedules (:class:`VPLinearSchedule`, :class:`CosineSchedule`,
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,6 @@ import numpy as np
 from flax import struct
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "cosine", "sigmoid", "laplace")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 ArrayLike = jax.Array | np.ndarray | float | int
 
@@ -258,97 +256,6 @@ def make_schedule(
     )
 
 
-def inference_timesteps(
-    num_train_timesteps: int,
-    num_steps: int,
-    spacing: str = "leading",
-    *,
-    steps_offset: int = 0,
-) -> np.ndarray:
-    """Integer inference timesteps, descending, as diffusers' DDIM/DDPM ``set_timesteps``.
-
-    Args:
-      num_train_timesteps: T.
-      num_steps: number of inference steps N, 1 <= N <= T.
-      spacing: "leading" (``arange(N) * (T // N) + steps_offset``), "trailing"
-        (``round(arange(T, 0, -T / N)) - 1``) or "linspace" (``round(linspace(0, T - 1, N))``);
-        see Lin et al. 2023, Table 2.
-      steps_offset: added to the "leading" grid (Stable Diffusion uses 1).
-
-    Returns:
-      int64 array [N], descending.
-    """
-    _check_timesteps(num_train_timesteps)
-    check_spacing(spacing)
-    if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(
-            f"num_steps must be in [1, num_train_timesteps={num_train_timesteps}]; got {num_steps}."
-        )
-    if spacing == "linspace":
-        return np.linspace(0, num_train_timesteps - 1, num_steps).round()[::-1].astype(np.int64)
-    if spacing == "leading":
-        ratio = num_train_timesteps // num_steps
-        ts = (np.arange(0, num_steps) * ratio).round()[::-1].astype(np.int64) + steps_offset
-        check_timesteps_in_range(ts, num_train_timesteps, steps_offset)
-        return ts
-    ratio = num_train_timesteps / num_steps
-    # For some N (e.g. 61 of 1000) arange yields N + 1 points, the last being t = -1, which
-    # diffusers then uses as the noisiest timestep; jaxdiff keeps the N-point grid.
-    return np.round(np.arange(num_train_timesteps, 0, -ratio))[:num_steps].astype(np.int64) - 1
-
-
-def check_timesteps_in_range(ts: np.ndarray, num_train_timesteps: int, steps_offset: int) -> None:
-    """Raise a ValueError if ``steps_offset`` pushed a grid timestep past T - 1."""
-    if len(ts) and int(np.max(ts)) >= num_train_timesteps:
-        raise ValueError(
-            f"steps_offset={steps_offset} puts timestep {int(np.max(ts))} outside [0, "
-            f"{num_train_timesteps - 1}]; use fewer steps or steps_offset=0."
-        )
-
-
-def check_spacing(spacing: str) -> None:
-    """Raise a ValueError unless ``spacing`` is one of ``TIMESTEP_SPACINGS``."""
-    if spacing not in TIMESTEP_SPACINGS:
-        raise ValueError(
-            f"Unknown timestep_spacing {spacing!r}; allowed: {', '.join(TIMESTEP_SPACINGS)}."
-        )
-
-
-def karras_sigma_grid(
-    sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0
-) -> np.ndarray:
-    """Karras et al. (2022) eq. 5 sigma grid.
-
-    sigma_i = (max^(1/rho) + i / (N - 1) (min^(1/rho) - max^(1/rho)))^rho.
-
-    Computed in float64 on the host, descending from sigma_max to sigma_min, [N] (no final 0).
-    """
-    if not 0.0 < sigma_min <= sigma_max:
-        raise ValueError(f"Need 0 < sigma_min <= sigma_max; got {sigma_min}, {sigma_max}.")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1; got {num_steps}.")
-    ramp = np.linspace(0, 1, num_steps)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (hi + ramp * (lo - hi)) ** rho
-
-
-def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """Fractional timestep of a sigma, interpolating linearly in log-sigma (diffusers' rule).
-
-    Args:
-      sigma: sigmas to invert (host array).
-      log_sigmas: log of the schedule's ascending sigma table, [T].
-    """
-    sigma = np.asarray(sigma, np.float64)
-    log_sigma = np.log(np.maximum(sigma, 1e-10))
-    dists = log_sigma - log_sigmas[:, None]
-    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
-    high_idx = low_idx + 1
-    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
-    w = np.clip((low - log_sigma) / (low - high), 0, 1)
-    return ((1 - w) * low_idx + w * high_idx).reshape(sigma.shape)
-
-
 # ----------------------------------------------------------------------------------------
 # Continuous-time schedules.
 
@@ -451,11 +358,6 @@ class EDMSchedule:
         sd2 = self.sigma_data**2
         return (jnp.square(sigma) + sd2) / (jnp.square(sigma) * sd2)
 
-    def sigma_grid(self, num_steps: int) -> np.ndarray:
-        """Karras rho-spaced sampling grid [N] (float64, host), descending, without the final 0."""
-        return karras_sigma_grid(self.sigma_min, self.sigma_max, num_steps, self.rho)
-
 
 ContinuousSchedule = VPLinearSchedule | CosineSchedule | EDMSchedule
 Schedule = DiscreteSchedule | ContinuousSchedule
-SpacingName = Literal["leading", "trailing", "linspace"]

@@ -129,8 +129,10 @@ def test_euler_ancestral_is_finite_when_sigma_max_dwarfs_the_next_sigma(spacing,
     loop = samplers.SamplingLoop(
         "euler_ancestral", schedule=sched, num_steps=steps, timestep_spacing=spacing
     )
-    tables = {k: np.asarray(v, np.float64) for k, v in loop.plan.tables.items()}
-    s_from, s_up, s_down = tables["sigma"], tables["sigma_up"], tables["sigma_down"]
+    tables = loop.sampler.tables
+    s_from, s_up, s_down = (
+        np.asarray(v, np.float64) for v in (tables.sigma, tables.sigma_up, tables.sigma_down)
+    )
     s_to = np.append(s_from[1:], 0.0)
     np.testing.assert_allclose(s_down, s_to**2 / s_from, rtol=1e-6)
     np.testing.assert_allclose(s_up**2 + s_down**2, s_to**2, rtol=1e-6)

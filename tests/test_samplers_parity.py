@@ -19,7 +19,10 @@ from jaxdiff import samplers
 from jaxdiff.schedules import EDMSchedule, make_schedule
 
 FIXTURES = Path(__file__).parent / "fixtures" / "schedulers"
-NAMES = ("ddpm", "ddim", "pndm", "dpm_solver", "unipc", "euler", "euler_ancestral", "heun", "edm")
+NAMES = (
+    "ddpm", "ddim", "pndm", "dpm_solver", "unipc", "euler", "euler_ancestral", "heun", "lcm",
+    "deis", "edm",
+)  # fmt: skip
 TOL = 1e-4  # max |jaxdiff - diffusers| relative to the output scale (float32)
 
 # diffusers config fields that describe the training schedule (passed to make_schedule).
@@ -80,13 +83,17 @@ def cases(name):
     return [pytest.param(name, c["case"], id=f"{name}-c{c['case']}-{c['tag']}") for c in index]
 
 
+# diffusers' LCMScheduler has these fields but its set_timesteps ignores them.
+IGNORED = {"lcm": {"timestep_spacing", "steps_offset"}}
+
+
 def options_from_config(name, config, step_kwargs):
-    sampler = samplers.get(name)
+    names = samplers.option_names(samplers.SAMPLERS[name])
     opts = {}
     for key, value in config.items():
-        if key in sampler.options:
+        if key in names:
             opts[key] = value
-        elif key in SCHEDULE_FIELDS:
+        elif key in SCHEDULE_FIELDS or key in IGNORED.get(name, ()):
             continue
         else:
             assert key in UNSUPPORTED_DEFAULTS, f"fixture field {key!r} is not mapped"
@@ -128,11 +135,18 @@ def run_case(name, i, reference=True):
         opts = options_from_config(name, cfg, case["step_kwargs"])
         model = fixture_model_learned_range if case["learned_range"] else fixture_model
         pred, steps = cfg["prediction_type"], case["num_inference_steps"]
+        if case.get("set_timesteps"):  # a custom grid: timesteps=[...] or sigmas=[...]
+            opts.update(case["set_timesteps"])
+            steps = None
+        if case.get("start_step"):
+            opts["start_step"] = case["start_step"]
         if case["noise_injection"] != "none":
             step_noise = jnp.asarray(z[p + "step_noise"]).transpose(0, 1, 3, 2)
     loop = samplers.SamplingLoop(
         name, schedule=schedule, num_steps=steps, prediction_type=pred, **opts
     )
+    if case.get("start_step") and reference:  # img2img: start from the noised image
+        noise = loop.add_noise(jnp.asarray(z[p + "image"]).transpose(to_last), noise)
     if step_noise is not None:  # diffusers may make one extra call (see the trailing grid)
         step_noise = step_noise[: loop.num_model_calls]
     x0, traj = loop.run(model, noise, step_noise=step_noise, return_trajectory=True)

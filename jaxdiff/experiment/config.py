@@ -247,12 +247,13 @@ def _check_relations(c: Mapping[str, Any]) -> None:
         )
     if c["data"]["name"] == "image_folder" and not c["data"]["path"]:
         raise ValueError("config.data.path must name the folder of an image_folder dataset.")
-    sampler = samplers.get(c["sample"]["sampler"])
+    sampler = c["sample"]["sampler"]
+    allowed = samplers.option_names(samplers.SAMPLERS[sampler])
     for name in c["sample"]["options"]:
-        if name not in sampler.options:
+        if name not in allowed:
             raise ValueError(
                 f"config.sample.options.{name} is not an option of sampler "
-                f"{sampler.name!r}; allowed: {', '.join(sorted(sampler.options))}."
+                f"{sampler!r}; allowed: {', '.join(sorted(allowed))}."
             )
     if c["data"]["global_batch_size"] % c["optim"]["grad_accum_steps"]:
         raise ValueError("config.data.global_batch_size must be divisible by grad_accum_steps.")

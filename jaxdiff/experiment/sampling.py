@@ -37,7 +37,10 @@ class Generator:
 
     def check(self, *, sampler: str, labels: np.ndarray | None, guidance_scale: float) -> None:
         """Refuse inputs that do not fit this model before anything compiles."""
-        samplers.get(sampler)
+        if sampler not in samplers.available():
+            raise ValueError(
+                f"Unknown sampler {sampler!r}; available: {', '.join(samplers.available())}."
+            )
         if labels is None:
             if guidance_scale != 1.0:
                 raise ValueError(

@@ -1,153 +1,123 @@
-"""Ancestral DDPM and DDIM sampling on discrete schedules."""
+"""Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2) on any timestep grid."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import schedules
-from jaxdiff.diffusion import expand
-from jaxdiff.samplers import base
-from jaxdiff.samplers.base import Plan, Sampler, f32
+from jaxdiff import diffusion
+from jaxdiff.samplers import core, grids
 
-_CLIP = {"clip_sample": True, "clip_sample_range": 1.0, **base.THRESHOLD_OPTIONS}
-_GRID = {"timestep_spacing": "leading", "steps_offset": 0}
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 
 
-def _x0_eps(output, x, row, prediction_type):
-    return base.x0_eps_from_output(
-        output, x, row["sqrt_ac"], row["sqrt_one_minus_ac"], prediction_type
-    )
+class DDPMTables(NamedTuple):
+    t: jax.Array  # [N] model timestep
+    alpha: jax.Array  # sqrt(ac_t)
+    sigma: jax.Array  # sqrt(1 - ac_t)
+    c_x0: jax.Array  # posterior mean coefficients (Ho et al. eq. 7)
+    c_xt: jax.Array
+    std_small: jax.Array  # sqrt(beta~_t), the posterior std
+    std_large: jax.Array  # sqrt(beta_t)
+    log_var_small: jax.Array  # the ends of the learned range (log beta~_t, log beta_t)
+    log_var_large: jax.Array
+    last: jax.Array  # 1.0 at t = 0 (no noise is added there)
 
 
-class DDPM(Sampler):
+class DDPMState(NamedTuple):
+    x: jax.Array
+
+
+def ddpm(
+    schedule,
+    num_steps: int | None = None,
+    *,
+    prediction_type: str = "epsilon",
+    variance_type: str = "fixed_small",
+    clip_sample: bool = True,
+    clip_sample_range: float = 1.0,
+    thresholding: bool = False,
+    dynamic_thresholding_ratio: float = 0.995,
+    sample_max_value: float = 1.0,
+    timestep_spacing: str = "leading",
+    steps_offset: int = 0,
+    timesteps: Sequence[int] | None = None,
+    start_step: int = 0,
+) -> core.Sampler:
     """Ancestral sampling of Ho et al. (2020), Algorithm 2, on any timestep grid.
 
-    x_{s} = mean(x_0, x_t) + std * z with the posterior mean of q(x_s | x_t, x_0), x_0 predicted
-    (then clipped or thresholded), and the variance chosen by ``variance_type``:
-    "fixed_small" (posterior variance), "fixed_large" (beta_t), or "learned_range"
-    (Nichol & Dhariwal 2021: the model returns twice the channels, last axis). No noise is
-    added at t = 0. Reproduces diffusers' ``DDPMScheduler`` (same option names and defaults).
+    x_s = mu~(x_0, x_t) + std z with the posterior mean of q(x_s | x_t, x_0) (eq. 7), x_0
+    predicted (then clipped or thresholded), and the variance chosen by ``variance_type``:
+    "fixed_small" (beta~_t), "fixed_large" (beta_t), or "learned_range" (Nichol & Dhariwal
+    2021, eq. 15: the model returns twice the channels, last axis, v in [-1, 1] mixing the
+    two logs). No noise is added at t = 0. Reproduces diffusers' ``DDPMScheduler`` (option
+    names and defaults; ``timesteps=[...]`` as its custom grids, s = the next grid point).
     """
+    ac = core.alphas_cumprod(schedule, "ddpm")
+    core.check_prediction_type(prediction_type, "ddpm")
+    core.check_one_of(variance_type, VARIANCE_TYPES, "variance_type")
+    if timesteps is not None:
+        ts = grids.custom_timesteps(timesteps, len(ac))
+    else:
+        ts = grids.timesteps(len(ac), num_steps, timestep_spacing, steps_offset=steps_offset)
+    start = core.check_start(start_step, len(ts))
+    prev = np.append(ts[1:], -1)
+    ac_t = ac[ts]
+    ac_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], np.float32(1.0)).astype(np.float32)
+    one = np.float32(1.0)
+    alpha_step = ac_t / ac_prev
+    beta = one - alpha_step
+    var_small = np.maximum((one - ac_prev) / (one - ac_t) * beta, np.float32(1e-20))
+    tab = DDPMTables(
+        t=core.f32(ts),
+        alpha=core.f32(np.sqrt(ac_t)),
+        sigma=core.f32(np.sqrt(one - ac_t)),
+        c_x0=core.f32(np.sqrt(ac_prev) * beta / (one - ac_t)),
+        c_xt=core.f32(np.sqrt(alpha_step) * (one - ac_prev) / (one - ac_t)),
+        std_small=core.f32(np.sqrt(var_small)),
+        std_large=core.f32(np.sqrt(beta)),
+        log_var_small=core.f32(np.log(var_small)),
+        log_var_large=core.f32(np.log(beta)),
+        last=core.f32(ts == 0),
+    )
+    tab = core.at(tab, slice(start, None))
+    process_x0 = core.x0_processor(
+        clip_sample=clip_sample, clip_sample_range=clip_sample_range, thresholding=thresholding,
+        dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
+    )  # fmt: skip
 
-    name = "ddpm"
-    options = {"variance_type": "fixed_small", **_CLIP, **_GRID}
+    def model_input(state, k, z):
+        return state, state.x, tab.t[k]
 
-    def check(self, opts, schedule, num_steps):
-        schedules.check_spacing(opts["timestep_spacing"])
-        if opts["variance_type"] not in VARIANCE_TYPES:
-            raise ValueError(
-                f"Unknown variance_type {opts['variance_type']!r}; allowed: "
-                f"{', '.join(VARIANCE_TYPES)}."
-            )
-
-    def is_stochastic(self, opts):
-        return True
-
-    def plan(self, schedule, num_steps, opts):
-        ac = base.host_alphas_cumprod(schedule)
-        ts = schedules.inference_timesteps(
-            len(ac), num_steps, opts["timestep_spacing"], steps_offset=opts["steps_offset"]
-        )
-        prev = np.append(ts[1:], -1)
-        ac_t = ac[ts]
-        ac_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], np.float32(1.0)).astype(np.float32)
-        one = np.float32(1.0)
-        beta_prod, beta_prod_prev = one - ac_t, one - ac_prev
-        cur_alpha = ac_t / ac_prev
-        cur_beta = one - cur_alpha
-        variance = np.maximum(beta_prod_prev / beta_prod * cur_beta, np.float32(1e-20))
-        tables = {
-            "t": f32(ts),
-            "sqrt_ac": np.sqrt(ac_t),
-            "sqrt_one_minus_ac": np.sqrt(beta_prod),
-            "c_x0": f32(np.sqrt(ac_prev) * cur_beta / beta_prod),
-            "c_xt": f32(np.sqrt(cur_alpha) * beta_prod_prev / beta_prod),
-            "min_log": f32(np.log(variance)),
-            "max_log": f32(np.log(cur_beta)),
-            "std_small": f32(np.sqrt(variance)),
-            "std_large": f32(np.sqrt(cur_beta)),
-            "add_noise": f32(ts > 0),
-        }
-        return Plan(tables, ts.astype(np.float64), 1.0)
-
-    def update(self, state, output, row, noise, opts, prediction_type):
-        x = state["x"]
-        output, var_values = base.split_learned_variance(output, x)
-        x0, _ = _x0_eps(output, x, row, prediction_type)
-        x0 = base.threshold_x0(x0, opts)
-        mean = row["c_x0"] * x0 + row["c_xt"] * x
-        vt = opts["variance_type"]
-        if vt == "learned_range":
-            if var_values is None:
+    def update(state, k, output, z):
+        s, x = core.at(tab, k), state.x
+        output, v = core.split_learned_variance(output, x)
+        x0, _ = diffusion.to_x0_eps(output, x, s.alpha, s.sigma, prediction_type)
+        x0 = process_x0(x0)
+        mean = s.c_x0 * x0 + s.c_xt * x  # mu~_t(x_t, x_0), eq. 7
+        if variance_type == "learned_range":
+            if v is None:
                 raise ValueError(
                     "variance_type='learned_range' needs a model output with twice the input "
                     f"channels (last axis); got output shape {output.shape} for x {x.shape}."
                 )
-            frac = (var_values + 1.0) / 2.0
-            std = jnp.exp(0.5 * (frac * row["max_log"] + (1.0 - frac) * row["min_log"]))
+            frac = (v + 1.0) / 2.0
+            std = jnp.exp(0.5 * (frac * s.log_var_large + (1.0 - frac) * s.log_var_small))
         else:
-            std = row["std_small"] if vt == "fixed_small" else row["std_large"]
-        return {"x": mean + row["add_noise"] * (std * noise)}
+            std = s.std_small if variance_type == "fixed_small" else s.std_large
+        return DDPMState(mean + (1.0 - s.last) * std * z)
 
-
-class DDIM(Sampler):
-    """Denoising diffusion implicit models (Song et al. 2021), eq. 12, with eta.
-
-    x_s = sqrt(ac_s) x_0 + sqrt(1 - ac_s - sigma^2) eps + sigma z,
-    sigma = eta sqrt((1 - ac_s) / (1 - ac_t) (1 - ac_t / ac_s)); eta = 0 is deterministic.
-    The previous timestep is always t - T // N (as diffusers does, for every spacing).
-    ``eta`` may be traced. Reproduces diffusers' ``DDIMScheduler``.
-    """
-
-    name = "ddim"
-    options = {
-        "eta": 0.0,
-        "use_clipped_model_output": False,
-        "set_alpha_to_one": True,
-        **_CLIP,
-        **_GRID,
-    }
-    traced_options = frozenset({"eta"})
-
-    def check(self, opts, schedule, num_steps):
-        schedules.check_spacing(opts["timestep_spacing"])
-
-    def is_stochastic(self, opts):
-        return base.maybe_positive(opts["eta"])
-
-    def plan(self, schedule, num_steps, opts):
-        ac = base.host_alphas_cumprod(schedule)
-        n_train = len(ac)
-        ts = schedules.inference_timesteps(
-            n_train, num_steps, opts["timestep_spacing"], steps_offset=opts["steps_offset"]
-        )
-        prev = ts - n_train // num_steps
-        final = np.float32(1.0) if opts["set_alpha_to_one"] else ac[0]
-        ac_t = ac[ts]
-        ac_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], final).astype(np.float32)
-        one = np.float32(1.0)
-        variance = (one - ac_prev) / (one - ac_t) * (one - ac_t / ac_prev)
-        tables = {
-            "t": f32(ts),
-            "sqrt_ac": np.sqrt(ac_t),
-            "sqrt_one_minus_ac": np.sqrt(one - ac_t),
-            "sqrt_ac_prev": np.sqrt(ac_prev),
-            "one_minus_ac_prev": one - ac_prev,
-            "std_unit": f32(np.sqrt(variance)),
-        }
-        return Plan(tables, ts.astype(np.float64), 1.0)
-
-    def update(self, state, output, row, noise, opts, prediction_type):
-        x = state["x"]
-        x0, eps = _x0_eps(output, x, row, prediction_type)
-        x0 = base.threshold_x0(x0, opts)
-        std = jnp.asarray(opts["eta"], jnp.float32) * row["std_unit"]
-        if opts["use_clipped_model_output"]:
-            eps = (x - row["sqrt_ac"] * x0) / row["sqrt_one_minus_ac"]
-        direction = jnp.sqrt(row["one_minus_ac_prev"] - std**2) * eps
-        x_prev = row["sqrt_ac_prev"] * x0 + direction
-        if noise is not None:
-            x_prev = x_prev + expand(std, x) * noise
-        return {"x": x_prev}
+    return core.Sampler(
+        name="ddpm",
+        timesteps=ts[start:].astype(np.float64),
+        stochastic=True,
+        init=lambda noise: DDPMState(jnp.asarray(noise, jnp.float32)),
+        model_input=model_input,
+        update=update,
+        tables=tab,
+        alpha_sigma_start=(float(np.sqrt(ac_t[start])), float(np.sqrt(one - ac_t[start]))),
+    )

@@ -1,10 +1,18 @@
-"""The public entry points: ``sample`` (one lax.scan) and ``SamplingLoop`` (step-level API)."""
+"""The public entry points: ``sample`` (one lax.scan) and ``SamplingLoop`` (step-level API).
+
+Both drive a :class:`~jaxdiff.samplers.core.Sampler` built by a factory of
+``jaxdiff.samplers.SAMPLERS``. The scan is compiled once per (sampler, grid, static options,
+shapes, model function): the factory is called again inside the compiled function with the
+traced options (``eta``, EDM's churn), so new noise, seeds, option values or guidance scales
+reuse the compiled loop.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -12,55 +20,77 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import diffusion
-from jaxdiff.samplers import base
-from jaxdiff.samplers.base import ModelFn, Sampler, State
+from jaxdiff.samplers import core, grids
 
-_REGISTRY: dict[str, Sampler] = {}
-
-
-def register(sampler: Sampler) -> Sampler:
-    """Add a sampler to the registry under its ``name``."""
-    _REGISTRY[sampler.name] = sampler
-    return sampler
+Factory = Callable[..., core.Sampler]
+_GENERIC = ("schedule", "num_steps", "prediction_type")
 
 
-def available() -> tuple[str, ...]:
-    """Names of all registered samplers."""
-    return tuple(sorted(_REGISTRY))
+def option_names(factory: Factory) -> tuple[str, ...]:
+    """The option names (diffusers' config names) a sampler factory accepts."""
+    params = inspect.signature(factory).parameters
+    return tuple(n for n in params if n not in _GENERIC)
 
 
-def get(name: str) -> Sampler:
-    """The sampler registered under ``name`` (ValueError listing the names otherwise)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown sampler {name!r}; available: {', '.join(available())}.")
-    return _REGISTRY[name]
-
-
-def resolve_options(sampler: Sampler, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults merged with the user's options; unknown or inapplicable ones are refused."""
-    unknown = [k for k in options if k not in sampler.options]
-    if unknown:
-        name = unknown[0]
-        owners = [s.name for s in _REGISTRY.values() if name in s.options]
-        if owners:
+def _check_options(name: str, factory: Factory, options: Mapping[str, Any], registry) -> None:
+    allowed = option_names(factory)
+    for key, value in options.items():
+        if key not in allowed:
+            owners = sorted(n for n, f in registry.items() if key in option_names(f))
+            if owners:
+                raise ValueError(
+                    f"Option {key!r} does not apply to sampler {name!r} (it applies to: "
+                    f"{', '.join(owners)}). Options of {name!r}: {', '.join(sorted(allowed))}."
+                )
             raise ValueError(
-                f"Option {name!r} does not apply to sampler {sampler.name!r} (it applies to: "
-                f"{', '.join(sorted(owners))}). Options of {sampler.name!r}: "
-                f"{', '.join(sorted(sampler.options))}."
+                f"Unknown option {key!r} for sampler {name!r}; allowed: "
+                f"{', '.join(sorted(allowed))}."
             )
-        raise ValueError(
-            f"Unknown option {name!r} for sampler {sampler.name!r}; allowed: "
-            f"{', '.join(sorted(sampler.options))}."
-        )
-    opts = dict(sampler.options)
-    for k, v in options.items():
-        if base.is_traced(v) and k not in sampler.traced_options:
+        traced = getattr(factory, "traced_options", frozenset())
+        if core.is_traced(value) and key not in traced:
             raise ValueError(
-                f"Option {k!r} of sampler {sampler.name!r} must be a Python value (it shapes "
-                f"the computation); only {sorted(sampler.traced_options)} may be traced."
+                f"Option {key!r} of sampler {name!r} must be a Python value (it shapes the "
+                f"computation); only {sorted(traced)} may be traced."
             )
-        opts[k] = tuple(v) if isinstance(v, list) else v
-    return opts
+
+
+def _static(value: Any) -> Any:
+    """A hashable form of a concrete option value (lists and arrays become tuples)."""
+    if isinstance(value, jax.Array | np.ndarray):
+        value = np.asarray(value)
+        return value.item() if value.ndim == 0 else tuple(value.tolist())
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _grid_length(num_steps: int | None, options: Mapping[str, Any]) -> int:
+    """num_steps, or the length of a custom grid (which it must then agree with)."""
+    timesteps, sigmas = options.get("timesteps"), options.get("sigmas")
+    if timesteps is not None and sigmas is not None:
+        raise ValueError("Pass at most one of timesteps= and sigmas= (a custom grid).")
+    if timesteps is None and sigmas is None:
+        return 50 if num_steps is None else num_steps
+    n = len(timesteps) if timesteps is not None else len(sigmas) - 1
+    if num_steps is not None and num_steps != n:
+        what = "timesteps" if timesteps is not None else "sigmas (less the final point)"
+        raise ValueError(f"num_steps={num_steps} disagrees with the {n} custom {what}.")
+    return n
+
+
+class _Key:
+    """A schedule as part of a compile-cache key: hashed and compared by value."""
+
+    def __init__(self, schedule: Any):
+        self.schedule = schedule
+        leaves, treedef = jax.tree.flatten(schedule)
+        self._id = (treedef, tuple(np.asarray(x).tobytes() for x in leaves))
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and self._id == other._id
 
 
 class SamplingLoop:
@@ -74,110 +104,101 @@ class SamplingLoop:
       ...     state = loop.step(state, k, model(x_in, t), key=key)
       >>> x0 = loop.result(state)
 
-    ``jaxdiff.sample`` runs exactly these calls inside one ``lax.scan``.
+    ``jaxdiff.sample`` runs exactly these calls inside one ``lax.scan``. ``start_step=k``
+    skips the first k grid steps (image-to-image, SDEdit): pass the noised image
+    ``loop.add_noise(x0, eps)`` instead of pure noise.
     """
 
     def __init__(
         self,
-        sampler: str | Sampler,
+        sampler: str,
         *,
         schedule: Any,
-        num_steps: int,
+        num_steps: int | None = None,
         prediction_type: str = "epsilon",
         **options: Any,
     ):
-        self.sampler = get(sampler) if isinstance(sampler, str) else sampler
-        s = self.sampler
-        if not isinstance(schedule, s.schedule_types):
-            allowed = ", ".join(t.__name__ for t in s.schedule_types)
-            raise ValueError(
-                f"Sampler {s.name!r} needs a schedule of type {allowed}; "
-                f"got {type(schedule).__name__}."
-            )
-        if prediction_type not in s.prediction_types:
-            raise ValueError(
-                f"prediction_type {prediction_type!r} is not supported by sampler {s.name!r}; "
-                f"allowed: {', '.join(s.prediction_types)}."
-            )
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
-            raise ValueError(f"num_steps must be a Python int; got {num_steps!r}.")
-        limit = getattr(schedule, "num_train_timesteps", None)
-        if num_steps < 1 or (limit is not None and num_steps > limit):
-            bound = f"[1, num_train_timesteps={limit}]" if limit is not None else ">= 1"
-            raise ValueError(f"num_steps must be in {bound}; got {num_steps}.")
-        self.opts = resolve_options(s, options)
-        s.check(self.opts, schedule, int(num_steps))
+        from jaxdiff.samplers import SAMPLERS, available
+
+        if sampler not in SAMPLERS:
+            raise ValueError(f"Unknown sampler {sampler!r}; available: {', '.join(available())}.")
+        self.name = sampler
+        self.factory = SAMPLERS[sampler]
+        _check_options(sampler, self.factory, options, SAMPLERS)
+        num_steps = _grid_length(num_steps, options)
+        grids.check_num_steps(num_steps, getattr(schedule, "num_train_timesteps", None))
         self.schedule = schedule
-        self.num_steps = int(num_steps)
+        self.num_steps = num_steps
         self.prediction_type = prediction_type
-        self.plan = s.plan(schedule, self.num_steps, self.opts)
-        self.tables = {k: jnp.asarray(v) for k, v in self.plan.tables.items()}
-        self.consts = {k: jnp.asarray(v) for k, v in self.plan.consts.items()}
+        self.options = {k: _static(v) if not core.is_traced(v) else v for k, v in options.items()}
+        self.sampler = self.factory(
+            schedule, num_steps, prediction_type=prediction_type, **self.options
+        )
 
     @property
     def num_model_calls(self) -> int:
         """Number of model evaluations K."""
-        return self.plan.num_model_calls
+        return self.sampler.num_model_calls
 
     @property
     def timesteps(self) -> np.ndarray:
-        """Training timestep fed to the model at each call, [K] (float64, maybe fractional)."""
-        return self.plan.timesteps
+        """Model time at each call, [K] (float64, maybe fractional)."""
+        return self.sampler.timesteps
+
+    @property
+    def sigmas(self) -> np.ndarray | None:
+        """The sigma grid with its final point [N + 1] (sigma-space samplers), else None."""
+        return self.sampler.sigmas
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """What x_T ~ N(0, I) is multiplied by at the start (diffusers' name)."""
+        return self.sampler.init_noise_sigma
 
     @property
     def stochastic(self) -> bool:
         """Whether the configuration draws noise (needs a key or explicit step noise)."""
-        return self.sampler.is_stochastic(self.opts)
+        return self.sampler.stochastic
 
-    def init(self, noise: jax.Array) -> State:
-        """The loop state from x_T ~ N(0, I) (scaled as the sampler's grid requires)."""
-        x = jnp.asarray(noise, jnp.float32) * jnp.float32(self.plan.init_scale)
-        return self.sampler.init_state(x, self.opts)
+    def add_noise(self, x0: jax.Array, noise: jax.Array) -> jax.Array:
+        """x_t = alpha x_0 + sigma eps at the first call's noise level (what to pass as the
+        starting point of a run with ``start_step > 0``, as diffusers' ``add_noise``)."""
+        alpha, sigma = self.sampler.alpha_sigma_start
+        return diffusion.q_sample(jnp.asarray(x0), jnp.asarray(noise), alpha, sigma)
+
+    def init(self, noise: jax.Array) -> core.State:
+        """The loop state from x_T ~ N(0, I) (or the noised image when starting part-way)."""
+        return self.sampler.init(jnp.asarray(noise, jnp.float32))
 
     def model_input(
-        self,
-        state: State,
-        k: Any,
-        *,
-        key: jax.Array | None = None,
-        noise: jax.Array | None = None,
-    ) -> tuple[State, jax.Array, jax.Array]:
+        self, state: core.State, k: Any, *, key: jax.Array | None = None, noise=None
+    ) -> tuple[core.State, jax.Array, jax.Array]:
         """(state, x_in, t [B]) for model call k; pass the same key/noise to :meth:`step`."""
-        noise = self._noise(state, k, key, noise)
-        row = base.rows_at(self.tables, k, self.consts)
-        state, x_in, t = self.sampler.model_input(state, row, noise, self.opts)
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x_in.shape[0],))
-        return state, x_in, t
+        z = self._noise(state, k, key, noise)
+        state, x_in, t = self.sampler.model_input(state, k, z)
+        return state, x_in, jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x_in.shape[0],))
 
     def step(
-        self,
-        state: State,
-        k: Any,
-        output: jax.Array,
-        *,
-        key: jax.Array | None = None,
-        noise: jax.Array | None = None,
-    ) -> State:
+        self, state: core.State, k: Any, output: jax.Array, *, key=None, noise=None
+    ) -> core.State:
         """Fold the model output of call k into the state (all maths in float32)."""
-        noise = self._noise(state, k, key, noise)
-        row = base.rows_at(self.tables, k, self.consts)
-        output = jnp.asarray(output).astype(jnp.float32)
-        return self.sampler.update(state, output, row, noise, self.opts, self.prediction_type)
+        z = self._noise(state, k, key, noise)
+        return self.sampler.update(state, k, jnp.asarray(output).astype(jnp.float32), z)
 
     def _noise(self, state, k, key, noise):
         if noise is not None or not self.stochastic:
             return noise
         if key is None:
-            raise ValueError(f"Sampler {self.sampler.name!r} is stochastic: pass a key.")
-        return base.draw_noise(key, k, state["x"].shape)
+            raise ValueError(f"Sampler {self.name!r} is stochastic: pass a key.")
+        return core.draw_noise(key, k, state.x.shape)
 
-    def result(self, state: State) -> jax.Array:
+    def result(self, state: core.State) -> jax.Array:
         """The final sample."""
         return self.sampler.result(state)
 
     def run(
         self,
-        model_fn: ModelFn,
+        model_fn: core.ModelFn,
         noise: jax.Array,
         *,
         key: jax.Array | None = None,
@@ -187,91 +208,90 @@ class SamplingLoop:
     ):
         """Run all K model calls inside one ``lax.scan``; see :func:`sample`."""
         noise = jnp.asarray(noise)
-        stochastic = self.stochastic
-        if stochastic and key is None and step_noise is None:
+        if self.stochastic and key is None and step_noise is None:
             raise ValueError(
-                f"Sampler {self.sampler.name!r} with these options is stochastic: pass key= "
+                f"Sampler {self.name!r} with these options is stochastic: pass key= "
                 "(one PRNG key, or one per sample) or step_noise=."
             )
         if key is not None:
-            base.check_key(key, noise.shape[0])
+            core.check_key(key, noise.shape[0])
         if step_noise is not None:
             want = (self.num_model_calls, *noise.shape)
             if tuple(step_noise.shape) != want:
                 raise ValueError(f"step_noise must have shape {want}; got {step_noise.shape}.")
-        cond = dict(cond or {})
-        static = _StaticRun(
-            self.sampler,
-            tuple(sorted((k, v) for k, v in self.opts.items() if k not in self._traced_names)),
-            self.prediction_type,
-            self.plan.init_scale,
-            model_fn,
-            stochastic,
-            step_noise is not None,
-            return_trajectory,
+        traced_names = getattr(self.factory, "traced_options", frozenset())
+        static_opts = tuple(
+            sorted((k, v) for k, v in self.options.items() if k not in traced_names)
         )
-        traced = {k: jnp.asarray(v, jnp.float32) for k, v in self._traced_items()}
-        return _run_scan(static, self.tables, self.consts, traced, noise, key, cond, step_noise)
-
-    @property
-    def _traced_names(self) -> frozenset[str]:
-        return self.sampler.traced_options
-
-    def _traced_items(self):
-        return [(k, v) for k, v in self.opts.items() if k in self.sampler.traced_options]
+        traced = {
+            k: jnp.asarray(v, jnp.float32) for k, v in self.options.items() if k in traced_names
+        }
+        static = _Static(
+            factory=self.factory,
+            schedule=_Key(self.schedule),
+            num_steps=self.num_steps,
+            prediction_type=self.prediction_type,
+            options=static_opts,
+            model_fn=model_fn,
+            stochastic=self.stochastic,
+            explicit_noise=step_noise is not None,
+            return_trajectory=return_trajectory,
+        )
+        return _run_scan(static, traced, noise, key, dict(cond or {}), step_noise)
 
 
 @dataclasses.dataclass(frozen=True)
-class _StaticRun:
+class _Static:
     """Everything that shapes the compiled loop (the cache key of the jitted scan)."""
 
-    sampler: Sampler
-    static_opts: tuple
+    factory: Factory
+    schedule: _Key
+    num_steps: int
     prediction_type: str
-    init_scale: float
-    model_fn: ModelFn
+    options: tuple
+    model_fn: core.ModelFn
     stochastic: bool
     explicit_noise: bool
     return_trajectory: bool
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _run_scan(static: _StaticRun, tables, consts, traced, noise, key, cond, step_noise):
-    sampler, pred = static.sampler, static.prediction_type
-    opts = {**dict(static.static_opts), **traced}
+def _run_scan(static: _Static, traced, noise, key, cond, step_noise):
+    s = static.factory(
+        static.schedule.schedule,
+        static.num_steps,
+        prediction_type=static.prediction_type,
+        **dict(static.options),
+        **traced,
+    )
 
     def body(state, inputs):
-        k, extra = inputs
-        eps = None
+        k, given = inputs
+        z = None
         if static.stochastic:
-            eps = extra if static.explicit_noise else base.draw_noise(key, k, noise.shape)
-        row = base.rows_at(tables, k, consts)
-        state, x_in, t = sampler.model_input(state, row, eps, opts)
+            z = given if static.explicit_noise else core.draw_noise(key, k, noise.shape)
+        state, x_in, t = s.model_input(state, k, z)
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x_in.shape[0],))
         out = jnp.asarray(static.model_fn(x_in, t, **cond)).astype(jnp.float32)
-        new = sampler.update(state, out, row, eps, opts, pred)
-        traj = (new["x"], x_in, t) if static.return_trajectory else None
-        return new, traj
+        state = s.update(state, k, out, z)
+        return state, ((state.x, x_in, t) if static.return_trajectory else None)
 
-    x = jnp.asarray(noise, jnp.float32) * jnp.float32(static.init_scale)
-    num_calls = next(iter(tables.values())).shape[0]
-    ks = jnp.arange(num_calls)
-    extras = step_noise.astype(jnp.float32) if static.explicit_noise else None
-    # init_state only needs shapes and the plan's static parts.
-    state, traj = jax.lax.scan(body, sampler.init_state(x, opts), (ks, extras))
-    x0 = sampler.result(state)
+    calls = jnp.arange(s.num_model_calls)
+    given = step_noise.astype(jnp.float32) if static.explicit_noise else None
+    state, traj = jax.lax.scan(body, s.init(jnp.asarray(noise, jnp.float32)), (calls, given))
+    x0 = s.result(state)
     if static.return_trajectory:
         return x0, {"x": traj[0], "model_x": traj[1], "model_t": traj[2]}
     return x0
 
 
 def sample(
-    model_fn: ModelFn,
+    model_fn: core.ModelFn,
     noise: jax.Array,
     *,
     schedule: Any,
     sampler: str = "ddim",
-    num_steps: int = 50,
+    num_steps: int | None = None,
     prediction_type: str = "epsilon",
     key: jax.Array | None = None,
     cond: Mapping[str, Any] | None = None,
@@ -286,11 +306,14 @@ def sample(
         (what diffusers' ``scale_model_input`` returns), t the training timestep [B] (float32,
         fractional for sigma-space samplers), output read by ``prediction_type``. It may
         compute in any dtype; the sampler maths always runs in float32.
-      noise: x_T ~ N(0, I), [B, ...]; the sampler scales it as its grid requires.
+      noise: x_T ~ N(0, I), [B, ...]; the sampler scales it as its grid requires. With
+        ``start_step=k > 0``: the noised image at the first remaining call (see
+        ``SamplingLoop.add_noise``).
       schedule: the training schedule (``jaxdiff.make_schedule(...)``; ``EDMSchedule`` for
         EDM-trained models with the "edm" sampler). It must be concrete (close over it).
       sampler: one of ``jaxdiff.samplers.available()``.
-      num_steps: number of inference steps (a Python int: it sets the loop length).
+      num_steps: number of inference steps (a Python int: it sets the loop length); default
+        50, or the length of a custom ``timesteps=`` / ``sigmas=`` grid.
       prediction_type: "epsilon", "sample" or "v_prediction".
       key: PRNG key for stochastic samplers: one key, or one per sample (shape [B]) so that
         sample i does not depend on the batch it is drawn in.
@@ -300,8 +323,10 @@ def sample(
       return_trajectory: also return {"x": state after each call [K, ...], "model_x": model
         inputs [K, ...], "model_t": model timesteps [K, B]}.
       **options: sampler options with diffusers' config names (see each sampler's
-        docstring), e.g. ``timestep_spacing="trailing"``, ``eta=0.5``, ``solver_order=3``.
-        ``eta`` and EDM's ``S_churn``/``S_noise``/``S_tmin``/``S_tmax`` may be traced.
+        docstring), e.g. ``timestep_spacing="trailing"``, ``eta=0.5``, ``solver_order=3``;
+        ``timesteps=[...]`` / ``sigmas=[...]`` for a custom grid and ``start_step=k`` to
+        start part-way. ``eta`` and EDM's ``S_churn``/``S_noise``/``S_tmin``/``S_tmax`` may
+        be traced.
 
     Returns:
       x_0 [B, ...] float32 (and the trajectory dict when requested).

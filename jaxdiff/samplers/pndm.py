@@ -2,172 +2,180 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import schedules
-from jaxdiff.samplers import base
-from jaxdiff.samplers.base import Plan, Sampler, f32
+from jaxdiff import diffusion
+from jaxdiff.samplers import core, grids
 
-# PLMS weights of the last 1..4 stored outputs (newest first), Liu et al. 2022, eq. 12.
-_PLMS = {2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
-
-
-def _pndm_grid(n_train: int, num_steps: int, opts) -> tuple[np.ndarray, np.ndarray]:
-    """(prk_timesteps, plms_timesteps) as diffusers' PNDMScheduler.set_timesteps builds them."""
-    spacing = opts["timestep_spacing"]
-    if spacing == "linspace":
-        ts = np.linspace(0, n_train - 1, num_steps).round().astype(np.int64)
-    elif spacing == "leading":
-        ts = (np.arange(0, num_steps) * (n_train // num_steps)).round() + opts["steps_offset"]
-    else:
-        ratio = n_train / num_steps
-        ts = np.round(np.arange(n_train, 0, -ratio))[:num_steps][::-1].astype(np.int64) - 1
-    schedules.check_timesteps_in_range(ts, n_train, opts["steps_offset"])
-    if opts["skip_prk_steps"]:
-        prk = np.array([], np.int64)
-        plms = np.concatenate([ts[:-1], ts[-2:-1], ts[-1:]])[::-1]
-    else:
-        half = n_train // num_steps // 2
-        prk = np.array(ts[-4:]).repeat(2) + np.tile(np.array([0, half]), 4)
-        prk = prk[:-1].repeat(2)[1:-1][::-1]
-        plms = ts[:-3][::-1]
-    return prk.astype(np.int64), plms.astype(np.int64)
+# Linear multistep weights of the newest 1-4 stored outputs (Liu et al. 2022, eq. 12; the
+# Adams-Bashforth coefficients), newest first.
+PLMS_WEIGHTS = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
 
 
-class PNDM(Sampler):
-    """PNDM of Liu et al. (2022): Runge-Kutta warm-up (PRK, Algorithm 1 with the pseudo
-    4th-order method) followed by the linear multistep method PLMS (eq. 12) on the DDIM
-    transfer function (eq. 9). ``skip_prk_steps=True`` replaces the 12-call warm-up by one
-    2nd-order step (the variant Stable Diffusion uses). Reproduces diffusers'
-    ``PNDMScheduler`` (call by call, including its warm-up bookkeeping).
+class PNDMTables(NamedTuple):
+    t: jax.Array  # [K] model timestep
+    w_out: jax.Array  # weight of this call's output in the combined eps'
+    w_hist: jax.Array  # [K, 4] weights of the stored outputs (newest first)
+    w_rk: jax.Array  # weight of the Runge-Kutta sum (last call of a PRK step)
+    rk_weight: jax.Array  # this output's weight in the RK sum (1/6, 1/3, 1/3) ...
+    rk_keep: jax.Array  # ... and whether the sum carries over (0 at a step's first call)
+    store: jax.Array  # 1.0 if this output is pushed on the history
+    from_start: jax.Array  # 1.0 if the transfer starts from the step's start x_t
+    set_start: jax.Array  # 1.0 if x becomes the start of a new step
+    alpha: jax.Array  # sqrt(ac) at the transfer's t (for v / x_0 models)
+    sigma: jax.Array
+    c_x: jax.Array  # transfer phi(x_t, eps', t, s) of eq. 9: c_x x_t - c_eps eps'
+    c_eps: jax.Array
 
-    Supports "epsilon" and "v_prediction" (converted to epsilon after the multistep
-    combination, as diffusers does) and "sample" (converted the same way).
+
+class PNDMState(NamedTuple):
+    x: jax.Array
+    start: jax.Array  # x_t at the start of the current step
+    rk_sum: jax.Array  # running Runge-Kutta combination of the warm-up
+    hist: jax.Array  # [4, ...] stored outputs, newest first
+
+
+def _plan(prk: np.ndarray, plms: np.ndarray, ratio: int) -> list[dict]:
+    """Per-call weights, replaying diffusers' ``PNDMScheduler`` bookkeeping (its counter and
+    its list of stored outputs) symbolically."""
+    rows, stored, counter = [], 0, 0
+    for t in prk:  # pseudo 4th-order Runge-Kutta (Alg. 1): 4 calls per step
+        stage = counter % 4
+        half = 0 if counter % 2 else ratio // 2
+        r = dict(t=t, t_eff=prk[counter // 4 * 4], prev=t - half)
+        if stage == 0:  # k1: stored, starts the RK sum and the step
+            r.update(w_out=1.0, rk_weight=1 / 6, rk_keep=0.0, store=1.0, set_start=1.0)
+            stored += 1
+        elif stage in (1, 2):  # k2, k3 from the step's start
+            r.update(w_out=1.0, rk_weight=1 / 3, from_start=1.0)
+        else:  # k4: eps' = (k1 + 2 k2 + 2 k3 + k4) / 6
+            r.update(w_out=1 / 6, w_rk=1.0, rk_keep=0.0, from_start=1.0)
+        rows.append(r)
+        counter += 1
+    for t in plms:  # linear multistep (eq. 12)
+        r = dict(t=t, t_eff=t, prev=t - ratio, store=1.0)
+        if counter == 1:  # the second call of skip-prk re-evaluates the first step (Heun)
+            r.update(t_eff=t + ratio, prev=t, store=0.0)
+        else:
+            stored = min(stored, 3) + 1
+        if stored == 1 and counter == 0:
+            r.update(w_out=1.0, set_start=1.0)
+        elif stored == 1 and counter == 1:
+            r.update(w_out=0.5, w_hist=[0.5, 0.0, 0.0, 0.0], from_start=1.0)
+        else:
+            r["w_hist"] = list(PLMS_WEIGHTS[stored]) + [0.0] * (4 - stored)
+        rows.append(r)
+        counter += 1
+    return rows
+
+
+def pndm(
+    schedule,
+    num_steps: int,
+    *,
+    prediction_type: str = "epsilon",
+    skip_prk_steps: bool = False,
+    set_alpha_to_one: bool = False,
+    timestep_spacing: str = "leading",
+    steps_offset: int = 0,
+    start_step: int = 0,
+) -> core.Sampler:
+    """PNDM of Liu et al. (2022): a pseudo Runge-Kutta warm-up (Algorithm 1, 12 calls)
+    followed by the pseudo linear multistep method PLMS (eq. 12), both on the DDIM transfer
+    phi (eq. 9). ``skip_prk_steps=True`` replaces the warm-up by one 2nd-order step (the
+    variant Stable Diffusion uses). Reproduces diffusers' ``PNDMScheduler`` call by call,
+    including its warm-up bookkeeping; "v_prediction" / "sample" outputs are turned into
+    epsilon after the multistep combination, as diffusers does.
+
+    ``start_step=k`` skips the first k calls of the PLMS grid (diffusers' img2img slicing of
+    ``timesteps``; the multistep history restarts there); it needs ``skip_prk_steps=True``.
     """
+    ac = core.alphas_cumprod(schedule, "pndm")
+    core.check_prediction_type(prediction_type, "pndm")
+    if not skip_prk_steps and num_steps < 4:
+        raise ValueError("pndm with skip_prk_steps=False needs num_steps >= 4.")
+    if start_step and not skip_prk_steps:
+        raise ValueError(
+            "pndm's Runge-Kutta warm-up cannot start part-way: use skip_prk_steps=True with "
+            "start_step > 0."
+        )
+    prk, plms = grids.pndm_timesteps(
+        len(ac), num_steps, timestep_spacing, steps_offset=steps_offset, skip_prk=skip_prk_steps
+    )
+    plms = plms[core.check_start(start_step, len(plms)) :]
+    rows = _plan(prk, plms, len(ac) // num_steps)
+    if zero := sorted({int(r["t_eff"]) for r in rows if ac[r["t_eff"]] == 0}):
+        raise ValueError(
+            f"pndm divides by sqrt(alphas_cumprod[t]), which is 0 at timestep(s) {zero} of "
+            "this grid (a zero-terminal-SNR schedule); use timestep_spacing='leading', or a "
+            "sampler that handles zero SNR (ddim, dpm_solver, unipc, euler)."
+        )
+    tab = _tables(rows, ac, np.float32(1.0) if set_alpha_to_one else ac[0])
 
-    name = "pndm"
-    options = {
-        "skip_prk_steps": False,
-        "set_alpha_to_one": False,
-        "timestep_spacing": "leading",
-        "steps_offset": 0,
-    }
+    def model_input(state, k, z):
+        return state, state.x, tab.t[k]
 
-    def check(self, opts, schedule, num_steps):
-        schedules.check_spacing(opts["timestep_spacing"])
-        if not opts["skip_prk_steps"] and num_steps < 4:
-            raise ValueError("pndm with skip_prk_steps=False needs num_steps >= 4.")
-
-    def plan(self, schedule, num_steps, opts):
-        ac = base.host_alphas_cumprod(schedule)
-        n_train = len(ac)
-        prk, plms = _pndm_grid(n_train, num_steps, opts)
-        final = np.float32(1.0) if opts["set_alpha_to_one"] else ac[0]
-        ratio = n_train // num_steps
-        rows, n_ets, counter = [], 0, 0
-        # Simulate diffusers' bookkeeping symbolically: each call k gets weights for
-        # output = a_out * out + a_acc * acc + sum_j a_ets[j] * ets[-1 - j] (after a push).
-        for t in prk:
-            c = counter % 4
-            diff = 0 if counter % 2 else ratio // 2
-            t_eff = prk[counter // 4 * 4]
-            r = _row(t, t_eff, t - diff)
-            if c == 0:
-                r.update(a_out=1.0, acc_keep=0.0, acc_w=1 / 6, push=1.0, set_cur=1.0)
-                n_ets += 1
-            elif c in (1, 2):
-                r.update(a_out=1.0, acc_w=1 / 3, use_cur=1.0)
-            else:
-                r.update(a_out=1 / 6, a_acc=1.0, acc_keep=0.0, use_cur=1.0)
-            rows.append(r)
-            counter += 1
-        for t in plms:
-            prev, t_eff = t - ratio, t
-            push = counter != 1
-            if not push:
-                prev, t_eff = t, t + ratio
-            r = _row(t, t_eff, prev)
-            if push:
-                n_ets = min(n_ets, 3) + 1
-                r["push"] = 1.0
-            if n_ets == 1 and counter == 0:
-                r.update(a_out=1.0, set_cur=1.0)
-            elif n_ets == 1 and counter == 1:
-                r.update(a_out=0.5, use_cur=1.0)
-                r["a_ets"] = [0.5, 0.0, 0.0, 0.0]
-            else:
-                w = _PLMS[n_ets]
-                r["a_ets"] = list(w) + [0.0] * (4 - len(w))
-            rows.append(r)
-            counter += 1
-        zero = sorted({r["t_eff"] for r in rows if ac[r["t_eff"]] == 0})
-        if zero:
-            raise ValueError(
-                f"pndm divides by sqrt(alphas_cumprod[t]), which is 0 at timestep(s) {zero} of "
-                "this grid (a zero-terminal-SNR schedule); use timestep_spacing='leading', or a "
-                "sampler that handles zero SNR (ddim, dpm_solver, unipc, euler)."
+    def update(state, k, output, z):
+        s = core.at(tab, k)
+        pushed = jnp.concatenate([output[None], state.hist[:-1]])
+        hist = jnp.where(s.store > 0, pushed, state.hist)
+        eps = s.w_out * output + s.w_rk * state.rk_sum + jnp.tensordot(s.w_hist, hist, 1)
+        rk_sum = s.rk_keep * state.rk_sum + s.rk_weight * output
+        x = jnp.where(s.from_start > 0, state.start, state.x)
+        if prediction_type != "epsilon":  # the combination is eps-like only for eps models
+            eps = diffusion.convert(
+                eps, x, s.alpha, s.sigma, source=prediction_type, target="epsilon"
             )
-        tables = _tables(rows, ac, final)
-        return Plan(tables, np.concatenate([prk, plms]).astype(np.float64), 1.0)
+        x_prev = s.c_x * x - s.c_eps * eps  # phi(x_t, eps', t, t - delta), eq. 9
+        start = jnp.where(s.set_start > 0, state.x, state.start)
+        return PNDMState(x=x_prev, start=start, rk_sum=rk_sum, hist=hist)
 
-    def init_state(self, x, opts):
-        zeros = x * 0.0
-        return {"x": x, "cur": zeros, "acc": zeros, "ets": jnp.stack([zeros] * 4)}
+    def init(noise):
+        x = jnp.asarray(noise, jnp.float32)
+        zeros = jnp.zeros_like(x)
+        return PNDMState(x=x, start=zeros, rk_sum=zeros, hist=jnp.stack([zeros] * 4))
 
-    def update(self, state, output, row, noise, opts, prediction_type):
-        x, ets, acc = state["x"], state["ets"], state["acc"]
-        pushed = jnp.concatenate([output[None], ets[:-1]])  # newest first
-        ets = row["push"] * pushed + (1.0 - row["push"]) * ets
-        combined = row["a_out"] * output + row["a_acc"] * acc
-        for j in range(4):
-            combined = combined + row["a_ets"][j] * ets[j]
-        acc = row["acc_keep"] * acc + row["acc_w"] * output
-        sample = row["use_cur"] * state["cur"] + (1.0 - row["use_cur"]) * x
-        alpha, sigma = row["sqrt_ac"], row["sqrt_one_minus_ac"]
-        if prediction_type == "v_prediction":
-            combined = alpha * combined + sigma * sample
-        elif prediction_type == "sample":
-            combined = (sample - alpha * combined) / sigma
-        x_prev = row["c_sample"] * sample - row["c_num"] * combined / row["c_den"]
-        cur = row["set_cur"] * x + (1.0 - row["set_cur"]) * state["cur"]
-        return {"x": x_prev, "cur": cur, "acc": acc, "ets": ets}
+    t0 = rows[0]["t_eff"]
+    return core.Sampler(
+        name="pndm",
+        timesteps=np.concatenate([prk, plms]).astype(np.float64),
+        stochastic=False,
+        init=init,
+        model_input=model_input,
+        update=update,
+        tables=tab,
+        alpha_sigma_start=(float(np.sqrt(ac[t0])), float(np.sqrt(1.0 - ac[t0]))),
+    )
 
 
-def _row(t: int, t_eff: int, prev: int) -> dict:
-    return {
-        "t": float(t),
-        "t_eff": int(t_eff),
-        "prev": int(prev),
-        "a_out": 0.0,
-        "a_acc": 0.0,
-        "a_ets": [0.0] * 4,
-        "acc_keep": 1.0,
-        "acc_w": 0.0,
-        "push": 0.0,
-        "use_cur": 0.0,
-        "set_cur": 0.0,
-    }
-
-
-def _tables(rows: list[dict], ac: np.ndarray, final: np.float32) -> dict[str, np.ndarray]:
+def _tables(rows: list[dict], ac: np.ndarray, final: np.float32) -> PNDMTables:
+    defaults = dict(w_out=0.0, w_hist=[0.0] * 4, w_rk=0.0, rk_weight=0.0, rk_keep=1.0)
+    defaults.update(store=0.0, from_start=0.0, set_start=0.0)
+    cols = {k: [r.get(k, v) for r in rows] for k, v in defaults.items()}
     t_eff = np.array([r["t_eff"] for r in rows])
     prev = np.array([r["prev"] for r in rows])
     ac_t = ac[t_eff]
     ac_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], final).astype(np.float32)
-    one = np.float32(1.0)
+    one, half = np.float32(1.0), np.float32(0.5)
     beta_t, beta_prev = one - ac_t, one - ac_prev
-    tables = {
-        k: f32([r[k] for r in rows])
-        for k in ("t", "a_out", "a_acc", "a_ets", "acc_keep", "acc_w", "push", "use_cur", "set_cur")
-    }
-    tables.update(
-        sqrt_ac=np.sqrt(ac_t),
-        sqrt_one_minus_ac=np.sqrt(beta_t),
-        c_sample=f32((ac_prev / ac_t) ** np.float32(0.5)),
-        c_num=f32(ac_prev - ac_t),
-        c_den=f32(
-            ac_t * beta_prev ** np.float32(0.5) + (ac_t * beta_t * ac_prev) ** np.float32(0.5)
-        ),
+    # eq. 9 in diffusers' operation order:
+    # x_s = sqrt(ac_s / ac_t) x_t - (ac_s - ac_t) eps / (ac_t sqrt(1 - ac_s) + sqrt(ac_t (1 -
+    # ac_t) ac_s)).
+    denom = ac_t * beta_prev**half + (ac_t * beta_t * ac_prev) ** half
+    return PNDMTables(
+        t=core.f32([r["t"] for r in rows]),
+        **{k: core.f32(v) for k, v in cols.items()},
+        alpha=core.f32(np.sqrt(ac_t)),
+        sigma=core.f32(np.sqrt(beta_t)),
+        c_x=core.f32((ac_prev / ac_t) ** half),
+        c_eps=core.f32((ac_prev - ac_t) / denom),
     )
-    return tables

@@ -3,149 +3,187 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.samplers import base, multistep
-from jaxdiff.samplers.base import Plan, Sampler, f32
+from jaxdiff import diffusion
+from jaxdiff.samplers import core, grids, multistep
 
 SOLVER_TYPES = ("bh1", "bh2")
-_DEPTH = 4  # newest output plus up to three older ones (corrector of order 3)
 
 
-def _rhos(lam, t_idx: int, s0_idx: int, older: list[int], order: int, opts, corrector: bool):
-    """UniPC-B(h) weights (Zhao et al. 2023, Algorithms 2-3), in float64.
+class UniCoefs(NamedTuple):
+    """One UniP / UniC step: x_t = c_x x_s + c_m m_s + c_b (sum_n rho_n D1_n + rho_t D1_t),
+    D1_n = (m_n - m_s) / r_n over up to two older outputs m_n, D1_t = m_t - m_s (UniC)."""
 
-    Returns (h_phi_1, B_h, rks, rhos) for a step from lambda[s0_idx] to lambda[t_idx] using
-    the older points ``older`` (indices into lambda, newest first).
-    """
-    h = lam[t_idx] - lam[s0_idx]
-    rks = [(lam[si] - lam[s0_idx]) / h for si in older] + [1.0]
-    hh = -h if opts["predict_x0"] else h
-    h_phi_1 = math.expm1(hh)
-    h_phi_k = h_phi_1 / hh - 1.0
-    b_h = hh if opts["solver_type"] == "bh1" else math.expm1(hh)
-    r_mat, b, fact = [], [], 1
-    for i in range(1, order + 1):
-        r_mat.append([rk ** (i - 1) for rk in rks])
+    c_x: jax.Array  # [K]
+    c_m: jax.Array  # -alpha_t (e^-h - 1) for data prediction, as DDIM / DPM-Solver++(1)
+    c_b: jax.Array  # -alpha_t B(h)
+    r: jax.Array  # [K, 2] r_n = (lambda_n - lambda_s) / h
+    rho: jax.Array  # [K, 2]
+    rho_t: jax.Array  # [K]
+
+
+class UniPCTables(NamedTuple):
+    t: jax.Array  # [N] model timestep
+    alpha: jax.Array  # VP alpha, sigma at t_i (to convert the output)
+    sigma: jax.Array
+    correct: jax.Array  # 1.0 where UniC corrects x_i with the new output
+    corrector: UniCoefs  # the step t_{i-1} -> t_i, redone with m_i
+    predictor: UniCoefs  # the step t_i -> t_{i+1}
+
+
+class UniPCState(NamedTuple):
+    x: jax.Array
+    last: jax.Array  # x_{i-1}, where the step that UniC redoes starts
+    hist: jax.Array  # [4, ...] converted outputs m_i, m_{i-1}, m_{i-2}, m_{i-3}
+
+
+def _rhos(rs: list[float], hh: float, b_h: float, order: int, corrector: bool) -> np.ndarray:
+    """The UniPC weights rho (Zhao et al. 2023, Alg. 2-3): solve R rho = b with R the
+    Vandermonde rows r^(k-1) (r over the older points and 1 for m_t) and b_k = h phi_k(h) k!
+    / B(h) (phi_k from phi_1 = e^h - 1 by phi_{k+1} = phi_k / h - 1 / (k + 1)!)."""
+    rs = rs + [1.0]
+    h_phi_k, fact, r_mat, b = math.expm1(hh) / hh - 1.0, 1, [], []
+    for k in range(1, order + 1):
+        r_mat.append([r ** (k - 1) for r in rs])
         b.append(h_phi_k * fact / b_h)
-        fact *= i + 1
+        fact *= k + 1
         h_phi_k = h_phi_k / hh - 1.0 / fact
     r_mat, b = np.array(r_mat), np.array(b)
     if corrector:
-        rhos = np.array([0.5]) if order == 1 else np.linalg.solve(r_mat, b)
-    elif order == 1:
-        rhos = np.zeros(0)
-    elif order == 2:
-        rhos = np.array([0.5])
-    else:
-        rhos = np.linalg.solve(r_mat[:-1, :-1], b[:-1])
-    return h_phi_1, b_h, rks[:-1], rhos
+        return np.array([0.5]) if order == 1 else np.linalg.solve(r_mat, b)
+    if order == 1:
+        return np.zeros(0)
+    if order == 2:  # UniP-2 uses rho = 1/2 (the B(h) = e^h - 1 choice of Alg. 2)
+        return np.array([0.5])
+    return np.linalg.solve(r_mat[:-1, :-1], b[:-1])
 
 
-def _update_coefs(alpha, sigma, lam, t_idx, s0_idx, older, order, opts, corrector):
-    """(c_x, c_h [DEPTH]) of x_t = c_x x_s0 + sum_j c_h[j] H_j.
-
-    H_0 is the newest converted output; for the predictor H_0 is the output at s0, for the
-    corrector H_0 is the output at t and H_1 the one at s0.
-    """
-    x0 = opts["predict_x0"]
-    c_x = sigma[t_idx] / sigma[s0_idx] if x0 else alpha[t_idx] / alpha[s0_idx]
-    c_h = np.zeros(_DEPTH)
-    if lam[t_idx] == lam[s0_idx]:  # a zero-length step (sigma_min to a final sigma_min)
-        return c_x, c_h
-    h_phi_1, b_h, rks, rhos = _rhos(lam, t_idx, s0_idx, older, order, opts, corrector)
-    scale = alpha[t_idx] if x0 else sigma[t_idx]
-    k = scale * b_h
-    base_j = 1 if corrector else 0  # position of m(s0) in H
-    c_h[base_j] = -scale * h_phi_1
-    for n, rk in enumerate(rks):  # D1_n = (m_older_n - m_s0) / rk
-        c_h[base_j + 1 + n] -= k * rhos[n] / rk
-        c_h[base_j] += k * rhos[n] / rk
-    if corrector:  # + rhos[-1] * (m_t - m_s0)
-        c_h[0] -= k * rhos[-1]
-        c_h[1] += k * rhos[-1]
-    return c_x, c_h
+def _coefs(alpha, sigma, lam, t: int, s: int, older: list[int], order: int, x0: bool, bh: str,
+           corrector: bool) -> tuple:  # fmt: skip
+    """Coefficients of one step from lambda[s] to lambda[t] (see :class:`UniCoefs`)."""
+    c_x = sigma[t] / sigma[s] if x0 else alpha[t] / alpha[s]
+    h = lam[t] - lam[s]
+    if h == 0.0:  # a zero-length step (sigma_min to a final sigma_min): x stays
+        return c_x, 0.0, 0.0, [1.0, 1.0], [0.0, 0.0], 0.0
+    hh = -h if x0 else h  # data prediction integrates in -lambda
+    b_h = hh if bh == "bh1" else math.expm1(hh)  # B(h) = h or e^h - 1
+    rs = [(lam[n] - lam[s]) / h for n in older]
+    rho = list(_rhos(rs, hh, b_h, order, corrector))
+    rho_t = rho.pop() if corrector else 0.0
+    scale = alpha[t] if x0 else sigma[t]
+    pad = 2 - len(rs)
+    return c_x, -scale * math.expm1(hh), -scale * b_h, rs + [1.0] * pad, rho + [0.0] * pad, rho_t
 
 
-class UniPC(Sampler):
+def _uni_step(c: UniCoefs, x_s, m_s, older, m_t=None):
+    res = sum(c.rho[n] * (older[n] - m_s) / c.r[n] for n in range(2))
+    if m_t is not None:
+        res = res + c.rho_t * (m_t - m_s)
+    return c.c_x * x_s + c.c_m * m_s + c.c_b * res
+
+
+def unipc(
+    schedule,
+    num_steps: int,
+    *,
+    prediction_type: str = "epsilon",
+    solver_order: int = 2,
+    solver_type: str = "bh2",
+    predict_x0: bool = True,
+    lower_order_final: bool = True,
+    disable_corrector: Sequence[int] = (),
+    timestep_spacing: str = "linspace",
+    steps_offset: int = 0,
+    use_karras_sigmas: bool = False,
+    final_sigmas_type: str = "zero",
+    thresholding: bool = False,
+    dynamic_thresholding_ratio: float = 0.995,
+    sample_max_value: float = 1.0,
+    timesteps: Sequence[int] | None = None,
+    start_step: int = 0,
+) -> core.Sampler:
     """UniPC (Zhao et al. 2023): the multistep predictor UniP-p (Algorithm 2) with the
-    corrector UniC (Algorithm 3), B(h) = h ("bh1") or expm1(h) ("bh2"), in data prediction
+    corrector UniC (Algorithm 3), B(h) = h ("bh1") or e^h - 1 ("bh2"), in data prediction
     (``predict_x0=True``) or noise prediction. The corrector reuses the next step's model
     call, so each step costs one evaluation; ``disable_corrector`` lists steps to skip it.
-    Reproduces diffusers' ``UniPCMultistepScheduler``. Deliberate difference: a final step
-    to sigma = 0 always uses order 1 (x_0 = the last data prediction); diffusers returns NaN
-    there for "bh1" and fails for ``lower_order_final=False``.
+    Reproduces diffusers' ``UniPCMultistepScheduler`` (and its ``set_begin_index`` as
+    ``start_step``). Deliberate difference: a final step to sigma = 0 always uses order 1
+    (x_0 = the last data prediction); diffusers returns NaN there for "bh1" and fails for
+    ``lower_order_final=False``.
     """
+    ac = core.alphas_cumprod(schedule, "unipc")
+    core.check_prediction_type(prediction_type, "unipc")
+    core.check_one_of(solver_type, SOLVER_TYPES, "solver_type")
+    core.check_order(solver_order)
+    grid = grids.solver_grid(
+        ac, num_steps, spacing=timestep_spacing, steps_offset=steps_offset,
+        use_karras_sigmas=use_karras_sigmas, final_sigmas_type=final_sigmas_type,
+        timesteps=timesteps,
+    )  # fmt: skip
+    start = core.check_start(start_step, num_steps)
+    alpha, sigma, lam = multistep.alpha_sigma_lambda(grid.sigmas)
+    off = (1.0, 0.0, 0.0, [1.0, 1.0], [0.0, 0.0], 0.0)
+    correct, corr, pred, prev_order = [], [], [], 0
+    for i in range(start, num_steps):
+        use_corrector = i > start and (i - 1) not in set(disable_corrector)
+        older = [i - 1 - n for n in range(1, prev_order)]
+        corr.append(
+            _coefs(alpha, sigma, lam, i, i - 1, older, prev_order, predict_x0, solver_type, True)
+            if use_corrector else off
+        )  # fmt: skip
+        correct.append(float(use_corrector))
+        order = min(solver_order, num_steps - i) if lower_order_final else solver_order
+        order = min(order, min(i - start, solver_order) + 1)  # warm-up
+        order = 1 if grid.sigmas[i + 1] == 0.0 else order
+        older = [i - n for n in range(1, order)]
+        pred.append(
+            _coefs(alpha, sigma, lam, i + 1, i, older, order, predict_x0, solver_type, False)
+        )
+        prev_order = order
+    tab = UniPCTables(
+        t=core.f32(grid.timesteps[start:]), alpha=core.f32(alpha[start:-1]),
+        sigma=core.f32(sigma[start:-1]), correct=core.f32(correct),
+        corrector=UniCoefs(*(core.f32(col) for col in zip(*corr, strict=True))),
+        predictor=UniCoefs(*(core.f32(col) for col in zip(*pred, strict=True))),
+    )  # fmt: skip
+    process_x0 = core.x0_processor(
+        thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+        sample_max_value=sample_max_value,
+    )  # fmt: skip
 
-    name = "unipc"
-    options = {
-        "solver_order": 2,
-        "solver_type": "bh2",
-        "predict_x0": True,
-        "lower_order_final": True,
-        "disable_corrector": (),
-        **multistep.SIGMA_OPTIONS,
-        **base.THRESHOLD_OPTIONS,
-    }
+    def model_input(state, k, z):
+        return state, state.x, tab.t[k]
 
-    def check(self, opts, schedule, num_steps):
-        multistep.check_sigma_options(opts)
-        if opts["solver_type"] not in SOLVER_TYPES:
-            raise ValueError(
-                f"Unknown solver_type {opts['solver_type']!r}; allowed: {', '.join(SOLVER_TYPES)}."
-            )
-        if opts["solver_order"] not in (1, 2, 3):
-            raise ValueError(f"solver_order must be 1, 2 or 3; got {opts['solver_order']!r}.")
+    def update(state, k, output, z):
+        s = core.at(tab, k)
+        x0, eps = diffusion.to_x0_eps(output, state.x, s.alpha, s.sigma, prediction_type)
+        m = process_x0(x0) if predict_x0 else eps
+        hist = jnp.concatenate([m[None], state.hist[:-1]])  # m_i, m_{i-1}, ...
+        # UniC: redo the step t_{i-1} -> t_i from x_{i-1} with the new output m_i.
+        x_c = _uni_step(s.corrector, state.last, hist[1], hist[2:4], m_t=hist[0])
+        x = jnp.where(s.correct > 0, x_c, state.x)
+        # UniP: predict x_{i+1} from the (corrected) x_i.
+        x_next = _uni_step(s.predictor, x, hist[0], hist[1:3])
+        return UniPCState(x=x_next, last=x, hist=hist)
 
-    def plan(self, schedule, num_steps, opts):
-        ac = base.host_alphas_cumprod(schedule)
-        ts = multistep.lambda_grid_timesteps(len(ac), num_steps, opts)
-        ts, sigmas = multistep.sigma_grid(ac, ts, num_steps, opts)
-        alpha, sigma, lam = multistep.alpha_sigma_lambda(sigmas)
-        order, disabled = opts["solver_order"], set(opts["disable_corrector"])
-        rows, prev_order = [], 0
-        for i in range(num_steps):
-            if i > 0 and (i - 1) not in disabled:
-                older = [i - 1 - n for n in range(1, prev_order)]
-                cx, ch = _update_coefs(alpha, sigma, lam, i, i - 1, older, prev_order, opts, True)
-                corr = (0.0, cx, ch)
-            else:
-                corr = (1.0, 0.0, np.zeros(_DEPTH))
-            this = min(order, num_steps - i) if opts["lower_order_final"] else order
-            this = min(this, min(i, order) + 1)
-            if sigmas[i + 1] == 0.0:
-                this = 1
-            older = [i - n for n in range(1, this)]
-            px, ph = _update_coefs(alpha, sigma, lam, i + 1, i, older, this, opts, False)
-            rows.append((*corr, px, ph))
-            prev_order = this
-        tables = {
-            "t": f32(ts),
-            "alpha": f32(alpha[:-1]),
-            "sigma": f32(sigma[:-1]),
-            "c_keep": f32([r[0] for r in rows]),
-            "c_last": f32([r[1] for r in rows]),
-            "c_corr": f32([r[2] for r in rows]),
-            "c_x": f32([r[3] for r in rows]),
-            "c_pred": f32([r[4] for r in rows]),
-        }
-        return Plan(tables, np.asarray(ts, np.float64), 1.0)
+    def init(noise):
+        x = jnp.asarray(noise, jnp.float32)
+        return UniPCState(x=x, last=jnp.zeros_like(x), hist=jnp.zeros((4, *x.shape), x.dtype))
 
-    def init_state(self, x, opts):
-        return {"x": x, "last": x * 0.0, "hist": jnp.zeros((_DEPTH, *x.shape), jnp.float32)}
-
-    def update(self, state, output, row, noise, opts, prediction_type):
-        x = state["x"]
-        alpha, sigma = row["alpha"], row["sigma"]
-        x0, eps = base.x0_eps_from_output(output, x, alpha, sigma, prediction_type)
-        m = base.threshold_x0(x0, opts) if opts["predict_x0"] else eps
-        hist = jnp.concatenate([m[None], state["hist"][:-1]])
-        x_corr = row["c_keep"] * x + row["c_last"] * state["last"]
-        for j in range(_DEPTH):
-            x_corr = x_corr + row["c_corr"][j] * hist[j]
-        x_new = row["c_x"] * x_corr
-        for j in range(_DEPTH):
-            x_new = x_new + row["c_pred"][j] * hist[j]
-        return {"x": x_new, "last": x_corr, "hist": hist}
+    return core.Sampler(
+        name="unipc",
+        timesteps=grid.timesteps[start:].astype(np.float64),
+        stochastic=False,
+        init=init,
+        model_input=model_input,
+        update=update,
+        tables=tab,
+        alpha_sigma_start=(float(alpha[start]), float(sigma[start])),
+        sigmas=grid.sigmas,
+    )
