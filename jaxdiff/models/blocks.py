@@ -127,7 +127,10 @@ class MidBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """``num_res`` ResBlocks on [h, skip] concatenations (optionally with attention), upsampler."""
+    """``num_res`` ResBlocks on [h, skip] concatenations (optionally with attention), upsampler.
+
+    With ``skips`` None the ResBlocks take h alone (the autoencoder's decoder blocks).
+    """
 
     spec: BlockSpec
     features: int
@@ -137,11 +140,12 @@ class UpBlock(nn.Module):
     upsample: bool = True
 
     @nn.compact
-    def __call__(self, h, skips: Sequence[jax.Array], emb_act, context, train):
+    def __call__(self, h, skips: Sequence[jax.Array] | None, emb_act, context, train):
         s = self.spec
-        skips = list(skips)
+        skips = None if skips is None else list(skips)
         for j in range(self.num_res):
-            h = jax.numpy.concatenate([h, skips.pop()], axis=-1)
+            if skips is not None:
+                h = jax.numpy.concatenate([h, skips.pop()], axis=-1)
             h = s.res(self.features, f"resnets_{j}")(h, emb_act, train)
             if self.heads:
                 h = s.attend(h, context, train, heads=self.heads, depth=self.depth,

@@ -119,14 +119,28 @@ def class_name(config: dict[str, Any]) -> str:
 
 
 def _check_fields(name: str, cfg: dict[str, Any], source: str) -> None:
+    check_fields(FIELDS[name], name, cfg, source)
+
+
+def check_fields(
+    fields: dict[str, tuple | None], name: str, cfg: dict[str, Any], source: str
+) -> None:
+    """Raise one ValueError naming every field of ``cfg`` that ``fields`` does not allow.
+
+    Args:
+      fields: field -> allowed values (a tuple), or None when any value is translated.
+      name: the diffusers class, for the message.
+      cfg: the parsed config; keys starting with "_" (diffusers' metadata) are skipped.
+      source: name used in the message (e.g. the file path).
+    """
     problems = []
     for key, value in cfg.items():
         if key.startswith("_"):
             continue
-        if key not in FIELDS[name]:
+        if key not in fields:
             problems.append(f"{key!r} is not a {name} field jaxdiff understands")
             continue
-        allowed = FIELDS[name][key]
+        allowed = fields[key]
         if allowed is not None and value not in allowed:
             problems.append(f"{key}={value!r} is not supported (supported: {list(allowed)})")
     if problems:

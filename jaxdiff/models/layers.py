@@ -135,12 +135,13 @@ class Upsample(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Pre-activation residual block with a time-embedding input.
+    """Pre-activation residual block with an optional time-embedding input.
 
     h = conv1(act(norm1(x))) (+ emb), then norm2 (FiLM ``(1 + scale) * h + shift`` with
     ``scale_shift``), act, dropout, conv2; output (shortcut(x) + h) / ``output_scale``.
     With ``resample`` "down" / "up" both paths are average-pooled / upsampled after the first
-    activation (BigGAN-style resampling, as in ADM).
+    activation (BigGAN-style resampling, as in ADM). Without an embedding (``emb_act`` None, as
+    in the autoencoder) the block has no ``time_emb_proj``.
     """
 
     features: int
@@ -154,8 +155,8 @@ class ResBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, emb_act: jax.Array, train: bool = False) -> jax.Array:
-        """x [B, H, W, Cin], emb_act = silu(time embedding) [B, E] -> [B, H', W', features]."""
+    def __call__(self, x: jax.Array, emb_act: jax.Array | None, train: bool = False) -> jax.Array:
+        """x [B, H, W, Cin], emb_act = silu(time embedding) [B, E] or None -> [B, H', W', F]."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = nn.silu(GroupNorm(self.groups, self.eps, self.param_dtype, name="norm1")(x))
         if self.resample == "down":
@@ -163,10 +164,16 @@ class ResBlock(nn.Module):
         elif self.resample == "up":
             x, h = upsample_nearest(x), upsample_nearest(h)
         h = Conv(self.features, name="conv1", **kw)(h)
-        n_emb = 2 * self.features if self.scale_shift else self.features
-        e = Dense(n_emb, name="time_emb_proj", **kw)(emb_act)
+        e = None
+        if emb_act is not None:
+            n_emb = 2 * self.features if self.scale_shift else self.features
+            e = Dense(n_emb, name="time_emb_proj", **kw)(emb_act)
+        elif self.scale_shift:
+            raise ValueError("ResBlock: scale_shift needs a time embedding, got emb_act=None.")
         norm2 = GroupNorm(self.groups, self.eps, self.param_dtype, name="norm2")
-        if self.scale_shift:
+        if e is None:
+            h = norm2(h)
+        elif self.scale_shift:
             scale, shift = jnp.split(e, 2, axis=-1)
             h = film(norm2(h), scale, shift)
         else:
