@@ -1,6 +1,8 @@
-"""Flax models: the U-Net family, its presets, and diffusers-format checkpoint conversion."""
+"""Flax models: the U-Net family, its presets, text encoders (CLIP, T5), and checkpoint
+conversion (diffusers and transformers layouts)."""
 
 from jaxdiff.models.attention import dot_product_attention, flash_attention
+from jaxdiff.models.clip import CLIPTextModel, CLIPTextModelWithProjection
 from jaxdiff.models.convert import (
     export_diffusers_unet,
     load_diffusers_unet,
@@ -8,20 +10,36 @@ from jaxdiff.models.convert import (
     params_from_state_dict,
     params_to_state_dict,
 )
+from jaxdiff.models.convert_text import (
+    SUPPORTED_ARCHITECTURES,
+    export_text_encoder,
+    load_text_encoder,
+    text_encoder_from_config,
+)
 from jaxdiff.models.presets import ADM_IMAGENET64, DDPM_CIFAR10, DIGITS, TINY
+from jaxdiff.models.t5 import T5EncoderModel
+from jaxdiff.models.text_ops import TextEncoderOutput
 from jaxdiff.models.unet import UNet
 
 __all__ = [
     "ADM_IMAGENET64",
+    "CLIPTextModel",
+    "CLIPTextModelWithProjection",
     "DDPM_CIFAR10",
     "DIGITS",
+    "SUPPORTED_ARCHITECTURES",
+    "T5EncoderModel",
     "TINY",
+    "TextEncoderOutput",
     "UNet",
     "dot_product_attention",
     "export_diffusers_unet",
+    "export_text_encoder",
     "flash_attention",
     "load_diffusers_unet",
     "load_flax_diffusers_unet",
+    "load_text_encoder",
     "params_from_state_dict",
     "params_to_state_dict",
+    "text_encoder_from_config",
 ]
