@@ -157,11 +157,12 @@ class CLIPTextModel(nn.Module):
                 f"{name}: hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}."
             )
-        if input_ids.ndim != 2 or input_ids.shape[1] > self.max_position_embeddings:
+        shape = jnp.shape(input_ids)
+        if len(shape) != 2 or shape[1] > self.max_position_embeddings:
             raise ValueError(
                 f"{name}: input_ids must be [batch, length] with length <= "
                 f"max_position_embeddings {self.max_position_embeddings}; got shape "
-                f"{tuple(input_ids.shape)}."
+                f"{tuple(shape)}."
             )
         check_token_ids(input_ids, self.vocab_size, name)
 
