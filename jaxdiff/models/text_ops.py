@@ -75,9 +75,10 @@ def check_token_ids(input_ids: Any, vocab_size: int, where: str) -> None:
     returns NaN rows for ids outside the vocabulary, so the outputs turn NaN instead of being
     silently clamped.
     """
-    if isinstance(input_ids, jax.core.Tracer):
-        return
-    ids = np.asarray(input_ids)
+    try:
+        ids = np.asarray(input_ids)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return  # traced (jit, eval_shape): nothing to check
     if not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"{where}: input_ids must be integers, got dtype {ids.dtype}.")
     bad = (ids < 0) | (ids >= vocab_size)
