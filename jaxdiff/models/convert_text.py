@@ -41,7 +41,7 @@ from flax import traverse_util
 
 from jaxdiff.models import torch_bin
 from jaxdiff.models.clip import CLIPTextModel, CLIPTextModelWithProjection
-from jaxdiff.models.convert import _from_torch, _to_torch
+from jaxdiff.models.state_dict import from_torch, to_torch
 from jaxdiff.models.t5 import T5EncoderModel
 from jaxdiff.models.text_ops import ACTIVATIONS
 
@@ -236,9 +236,9 @@ def params_from_state_dict(
     flat = {}
     for key in sorted(set(wanted) & set(state)):
         path = wanted[key]
-        value = _from_torch(np.asarray(state[key], np.float32), path[-1])
+        value = from_torch(np.asarray(state[key], np.float32), path[-1])
         if value.shape != shapes[path]:
-            torch_shape = _to_torch(np.zeros(shapes[path]), path[-1]).shape
+            torch_shape = to_torch(np.zeros(shapes[path]), path[-1]).shape
             problems.append(
                 f"{key} has shape {tuple(state[key].shape)}, the model needs {torch_shape}"
             )
@@ -309,7 +309,7 @@ def params_to_state_dict(module: TextEncoder, params: Any) -> dict[str, np.ndarr
     flat = traverse_util.flatten_dict(jax.device_get(nn.unbox(params)))
     prefix = _CLIP_PREFIX if type(module) is CLIPTextModel else ""
     return {
-        prefix + torch_key(p): np.ascontiguousarray(_to_torch(np.asarray(v, np.float32), p[-1]))
+        prefix + torch_key(p): np.ascontiguousarray(to_torch(np.asarray(v, np.float32), p[-1]))
         for p, v in flat.items()
     }
 
