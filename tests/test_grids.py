@@ -39,3 +39,55 @@ def test_bad_spacing_and_step_count():
         grids.timesteps(1000, 10, "middle")
     with pytest.raises(ValueError, match="num_steps must be in"):
         grids.timesteps(1000, 1001, "leading")
+
+
+def test_custom_timesteps_are_validated():
+    np.testing.assert_array_equal(grids.custom_timesteps([999, 500, 3], 1000), [999, 500, 3])
+    for bad, match in [
+        ([999, 999, 3], "strictly decreasing"),
+        ([3, 500], "strictly decreasing"),
+        ([1000, 500], r"lie in \[0, 999\]"),
+        ([500, -1], r"lie in \[0, 999\]"),
+        ([500.5, 3], "integers"),
+        ([], "non-empty"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            grids.custom_timesteps(bad, 1000)
+
+
+def test_custom_sigmas_are_validated():
+    np.testing.assert_allclose(grids.custom_sigmas([3.0, 1.0, 0.0]), [3.0, 1.0, 0.0])
+    for bad, match in [
+        ([3.0], "at least two points"),
+        ([3.0, 3.0, 0.0], "strictly decreasing"),
+        ([3.0, 1.0, -0.1], ">= 0"),
+        ([np.inf, 1.0, 0.0], "finite"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            grids.custom_sigmas(bad)
+
+
+@pytest.mark.parametrize(
+    "steps, strength, start", [(50, 0.6, 20), (10, 0.6, 4), (7, 0.6, 3), (10, 1.0, 0), (4, 0.3, 3)]
+)
+def test_start_step_for_strength_is_diffusers_img2img_rule(steps, strength, start):
+    # diffusers: init_timestep = min(int(N * strength), N); t_start = max(N - init_timestep, 0)
+    assert grids.start_step_for_strength(steps, strength) == start
+
+
+def test_bad_strength():
+    for strength in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
+            grids.start_step_for_strength(10, strength)
+    with pytest.raises(ValueError, match="leaves no step to run"):
+        grids.start_step_for_strength(10, 0.05)
+
+
+def test_lu_lambda_grid_is_uniform_in_log_sigma():
+    s = make_schedule("linear", 1000)
+    g = grids.solver_grid(np.asarray(s.alphas_cumprod), 12, use_lu_lambdas=True)
+    log_s = np.log(g.sigmas[:-1].astype(np.float64))
+    np.testing.assert_allclose(np.diff(log_s), np.diff(log_s)[0], rtol=1e-5)
+    table = grids.schedule_sigmas(np.asarray(s.alphas_cumprod))
+    np.testing.assert_allclose(g.sigmas[[0, -2]], table[[-1, 0]], rtol=1e-6)
+    assert g.sigmas[-1] == 0.0 and np.all(np.diff(g.timesteps) < 0)
