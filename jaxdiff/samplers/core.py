@@ -201,6 +201,12 @@ def x0_processor(
     return lambda x0: x0
 
 
+def vp_input(t: jax.Array) -> Callable[..., tuple[State, jax.Array, jax.Array]]:
+    """``model_input`` of the samplers whose state x is the model input itself (the
+    variance-preserving x_t): call k sees (x, t[k])."""
+    return lambda state, k, z: (state, state.x, t[k])
+
+
 def split_learned_variance(output: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
     """Split a learned-variance output (twice x's channels, last axis) into (mean, variance)."""
     if output.shape[-1] == 2 * x.shape[-1] and output.shape != x.shape:

@@ -80,9 +80,6 @@ def ddim(
         dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
     )  # fmt: skip
 
-    def model_input(state, k, z):
-        return state, state.x, tab.t[k]
-
     def update(state, k, output, z):
         s, x = core.at(tab, k), state.x
         x0, eps = diffusion.to_x0_eps(output, x, s.alpha, s.sigma, prediction_type)
@@ -100,7 +97,7 @@ def ddim(
         timesteps=ts[start:].astype(np.float64),
         stochastic=core.maybe_positive(eta),
         init=lambda noise: DDIMState(jnp.asarray(noise, jnp.float32)),
-        model_input=model_input,
+        model_input=core.vp_input(tab.t),
         update=update,
         tables=tab,
         alpha_sigma_start=(float(np.sqrt(ac_t[start])), float(np.sqrt(one - ac_t[start]))),

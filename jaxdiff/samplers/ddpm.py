@@ -90,9 +90,6 @@ def ddpm(
         dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
     )  # fmt: skip
 
-    def model_input(state, k, z):
-        return state, state.x, tab.t[k]
-
     def update(state, k, output, z):
         s, x = core.at(tab, k), state.x
         output, v = core.split_learned_variance(output, x)
@@ -116,7 +113,7 @@ def ddpm(
         timesteps=ts[start:].astype(np.float64),
         stochastic=True,
         init=lambda noise: DDPMState(jnp.asarray(noise, jnp.float32)),
-        model_input=model_input,
+        model_input=core.vp_input(tab.t),
         update=update,
         tables=tab,
         alpha_sigma_start=(float(np.sqrt(ac_t[start])), float(np.sqrt(one - ac_t[start]))),

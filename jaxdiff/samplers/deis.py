@@ -113,9 +113,6 @@ def deis(
         sample_max_value=sample_max_value,
     )  # fmt: skip
 
-    def model_input(state, k, z):
-        return state, state.x, tab.t[k]
-
     def update(state, k, output, z):
         s, x = core.at(tab, k), state.x
         x0, eps = diffusion.to_x0_eps(output, x, s.alpha, s.sigma, prediction_type)
@@ -133,7 +130,7 @@ def deis(
         init=lambda noise: DEISState(
             x=jnp.asarray(noise, jnp.float32), hist=jnp.zeros((3, *noise.shape), jnp.float32)
         ),
-        model_input=model_input,
+        model_input=core.vp_input(tab.t),
         update=update,
         tables=tab,
         alpha_sigma_start=(float(alpha[start]), float(sigma[start])),

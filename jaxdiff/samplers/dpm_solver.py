@@ -162,9 +162,6 @@ def dpm_solver(
             return diffusion.eps_from_x0(x, process_x0(x0), s.alpha, s.sigma)
         return eps
 
-    def model_input(state, k, z):
-        return state, state.x, tab.t[k]
-
     def update(state, k, output, z):
         s, x = core.at(tab, k), state.x
         output, _ = core.split_learned_variance(output, x)
@@ -186,7 +183,7 @@ def dpm_solver(
         init=lambda noise: DPMState(
             x=jnp.asarray(noise, jnp.float32), hist=jnp.zeros((3, *noise.shape), jnp.float32)
         ),
-        model_input=model_input,
+        model_input=core.vp_input(tab.t),
         update=update,
         tables=tab,
         alpha_sigma_start=(float(alpha[start]), float(sigma[start])),

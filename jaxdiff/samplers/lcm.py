@@ -77,9 +77,6 @@ def lcm(
         dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
     )  # fmt: skip
 
-    def model_input(state, k, z):
-        return state, state.x, tab.t[k]
-
     def update(state, k, output, z):
         s, x = core.at(tab, k), state.x
         x0, _ = diffusion.to_x0_eps(output, x, s.alpha, s.sigma, prediction_type)
@@ -94,7 +91,7 @@ def lcm(
         timesteps=ts[start:].astype(np.float64),
         stochastic=len(ts) - start > 1,
         init=lambda noise: LCMState(jnp.asarray(noise, jnp.float32)),
-        model_input=model_input,
+        model_input=core.vp_input(tab.t),
         update=update,
         tables=tab,
         alpha_sigma_start=(float(np.sqrt(ac_t[start])), float(np.sqrt(1.0 - ac_t[start]))),

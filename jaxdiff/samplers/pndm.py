@@ -121,9 +121,6 @@ def pndm(
         )
     tab = _tables(rows, ac, np.float32(1.0) if set_alpha_to_one else ac[0])
 
-    def model_input(state, k, z):
-        return state, state.x, tab.t[k]
-
     def update(state, k, output, z):
         s = core.at(tab, k)
         pushed = jnp.concatenate([output[None], state.hist[:-1]])
@@ -150,7 +147,7 @@ def pndm(
         timesteps=np.concatenate([prk, plms]).astype(np.float64),
         stochastic=False,
         init=init,
-        model_input=model_input,
+        model_input=core.vp_input(tab.t),
         update=update,
         tables=tab,
         alpha_sigma_start=(float(np.sqrt(ac[t0])), float(np.sqrt(1.0 - ac[t0]))),

@@ -157,9 +157,6 @@ def unipc(
         sample_max_value=sample_max_value,
     )  # fmt: skip
 
-    def model_input(state, k, z):
-        return state, state.x, tab.t[k]
-
     def update(state, k, output, z):
         s = core.at(tab, k)
         x0, eps = diffusion.to_x0_eps(output, state.x, s.alpha, s.sigma, prediction_type)
@@ -181,7 +178,7 @@ def unipc(
         timesteps=grid.timesteps[start:].astype(np.float64),
         stochastic=False,
         init=init,
-        model_input=model_input,
+        model_input=core.vp_input(tab.t),
         update=update,
         tables=tab,
         alpha_sigma_start=(float(alpha[start]), float(sigma[start])),
