@@ -4,7 +4,7 @@ Public API re-exports only; see the submodules for details.
 """
 
 from jaxdiff import diffusion, guidance, losses, samplers, schedules
-from jaxdiff.guidance import classifier_free_guidance
+from jaxdiff.guidance import classifier_free_guidance, classifier_guidance, gradient_guidance
 from jaxdiff.samplers import SamplingLoop, sample
 from jaxdiff.schedules import (
     CosineSchedule,
@@ -23,6 +23,8 @@ __all__ = [
     "EDMSchedule",
     "VPLinearSchedule",
     "classifier_free_guidance",
+    "classifier_guidance",
+    "gradient_guidance",
     "diffusion",
     "guidance",
     "losses",
