@@ -17,6 +17,7 @@ from jaxdiff.samplers.euler import euler, euler_ancestral
 from jaxdiff.samplers.heun import heun
 from jaxdiff.samplers.lcm import lcm
 from jaxdiff.samplers.pndm import pndm
+from jaxdiff.samplers.repaint import repaint
 from jaxdiff.samplers.unipc import unipc
 
 SAMPLERS = {
@@ -31,6 +32,7 @@ SAMPLERS = {
     "heun": heun,
     "edm": edm,
     "lcm": lcm,
+    "repaint": repaint,
 }
 
 

@@ -46,13 +46,19 @@ class Sampler(NamedTuple):
       stochastic: whether the configuration draws noise at some call.
       init: ``init(noise) -> state``; noise is x_T ~ N(0, I), or, when the sampler starts
         part-way (``start_step > 0``), the noised image x_t = alpha x_0 + sigma eps at the
-        first call (see ``alpha_sigma_start``).
+        first call's noise level ``levels[0]``.
       model_input: ``model_input(state, k, z) -> (state, x_in, t)``: what the model sees at
         call k (t a float32 scalar); a sampler that perturbs x first (EDM churn) returns the
         perturbed state.
       update: ``update(state, k, output, z) -> state``: fold the float32 model output in.
       result: ``result(state) -> x_0``.
-      alpha_sigma_start: variance-preserving (alpha, sigma) of the first call's noise level.
+      levels: the variance-preserving (alpha, sigma) of each call's noise level, float64
+        [K, 2] (the level of the state a call starts from: what diffusers' ``add_noise``
+        uses at that call's timestep).
+      ve_state: whether the state's x is the variance-exploding x_vp / alpha (sigma-space
+        samplers) rather than x_vp itself.
+      noise_draws: how many standard-normal arrays of x's shape a call uses; with more than
+        one, ``z`` has a leading axis of that size.
       init_noise_sigma: what x_T ~ N(0, I) is multiplied by at the start of a full run
         (diffusers' ``init_noise_sigma``).
       sigmas: the sigma grid with its final point, float32 [N + 1], for samplers that
@@ -68,7 +74,9 @@ class Sampler(NamedTuple):
     model_input: Callable[..., tuple[State, jax.Array, jax.Array]]
     update: Callable[..., State]
     result: Callable[[State], jax.Array] = _x_of
-    alpha_sigma_start: tuple[float, float] = (0.0, 1.0)
+    levels: np.ndarray = np.array([[0.0, 1.0]])
+    ve_state: bool = False
+    noise_draws: int = 1
     init_noise_sigma: float = 1.0
     sigmas: np.ndarray | None = None
     tables: Any = None
@@ -77,6 +85,11 @@ class Sampler(NamedTuple):
     def num_model_calls(self) -> int:
         """K, the number of model evaluations."""
         return int(self.timesteps.shape[0])
+
+    @property
+    def alpha_sigma_start(self) -> tuple[float, float]:
+        """The variance-preserving (alpha, sigma) of the first call."""
+        return float(self.levels[0, 0]), float(self.levels[0, 1])
 
 
 def traceable(*names: str) -> Callable[[Callable], Callable]:
@@ -229,23 +242,32 @@ def start_scale(sigma: float, start_step: int, init_noise_sigma: float) -> float
     return float(np.sqrt(np.float64(sigma) ** 2 + 1.0))
 
 
-def vp_of_sigma(sigma: float) -> tuple[float, float]:
-    """Variance-preserving (alpha, sigma_vp) of a Karras sigma."""
-    s = float(sigma)
-    alpha = 1.0 / float(np.sqrt(s * s + 1.0))
-    return alpha, s * alpha
+def vp_of_sigma(sigma: Any) -> np.ndarray:
+    """Variance-preserving [..., 2] (alpha, sigma_vp) of Karras sigmas (float64)."""
+    s = np.asarray(sigma, np.float64)
+    alpha = 1.0 / np.sqrt(s * s + 1.0)
+    return np.stack([alpha, s * alpha], axis=-1)
+
+
+def vp_of_alphas_cumprod(ac: Any) -> np.ndarray:
+    """Variance-preserving [..., 2] (sqrt(ac), sqrt(1 - ac)) (float64)."""
+    ac = np.asarray(ac, np.float64)
+    return np.stack([np.sqrt(ac), np.sqrt(1.0 - ac)], axis=-1)
 
 
 # ----------------------------------------------------------------------------------------
 # Random numbers.
 
 
-def draw_noise(key: jax.Array, k: Any, shape: tuple[int, ...]) -> jax.Array:
+def draw_noise(key: jax.Array, k: Any, shape: tuple[int, ...], draws: int = 1) -> jax.Array:
     """Standard normal noise for call k: one key, or one key per sample (shape [B]).
 
     With per-sample keys, sample i's noise depends only on its own key, so an image is the
-    same whatever batch it is drawn in.
+    same whatever batch it is drawn in. ``draws > 1`` stacks that many independent arrays.
     """
+    if draws > 1:
+        fold = jax.vmap(jax.random.fold_in, (0, None)) if is_key_batch(key) else jax.random.fold_in
+        return jnp.stack([draw_noise(fold(key, 2**31 + j), k, shape) for j in range(draws)])
     if is_key_batch(key):
         return jax.vmap(lambda kk: jax.random.normal(jax.random.fold_in(kk, k), shape[1:]))(key)
     return jax.random.normal(jax.random.fold_in(key, k), shape, jnp.float32)

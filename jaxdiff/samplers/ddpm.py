@@ -116,5 +116,5 @@ def ddpm(
         model_input=core.vp_input(tab.t),
         update=update,
         tables=tab,
-        alpha_sigma_start=(float(np.sqrt(ac_t[start])), float(np.sqrt(one - ac_t[start]))),
+        levels=core.vp_of_alphas_cumprod(ac_t[start:]),
     )

@@ -186,6 +186,6 @@ def dpm_solver(
         model_input=core.vp_input(tab.t),
         update=update,
         tables=tab,
-        alpha_sigma_start=(float(alpha[start]), float(sigma[start])),
+        levels=np.stack([alpha[start:-1], sigma[start:-1]], axis=-1),
         sigmas=grid.sigmas,
     )

@@ -20,9 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import diffusion
-from jaxdiff.samplers import core, grids
+from jaxdiff.samplers import core, grids, inpaint
 
 Factory = Callable[..., core.Sampler]
+# Options of every sampler, handled by the driver: inpainting by replacement.
+KNOWN_REGION = ("known_image", "known_mask", "known_noise")
 _GENERIC = ("schedule", "num_steps", "prediction_type")
 
 
@@ -124,16 +126,35 @@ class SamplingLoop:
             raise ValueError(f"Unknown sampler {sampler!r}; available: {', '.join(available())}.")
         self.name = sampler
         self.factory = SAMPLERS[sampler]
+        self.known = {k: options.pop(k) for k in KNOWN_REGION if k in options}
+        if self.known and not {"known_image", "known_mask"} <= set(self.known):
+            raise ValueError("Inpainting needs both known_image= and known_mask= (1 = keep).")
+        if "known_noise" not in self.known and self.known and options.get("start_step"):
+            raise ValueError(
+                "known_noise= is needed with start_step > 0 (the input is then the noised "
+                "image, not the noise that noises the known region)."
+            )
         _check_options(sampler, self.factory, options, SAMPLERS)
         num_steps = _grid_length(num_steps, options)
         grids.check_num_steps(num_steps, getattr(schedule, "num_train_timesteps", None))
         self.schedule = schedule
         self.num_steps = num_steps
         self.prediction_type = prediction_type
-        self.options = {k: _static(v) if not core.is_traced(v) else v for k, v in options.items()}
+        traced = getattr(self.factory, "traced_options", frozenset())
+        self.options = {k: v if k in traced else _static(v) for k, v in options.items()}
         self.sampler = self.factory(
             schedule, num_steps, prediction_type=prediction_type, **self.options
         )
+        self._plain = self.sampler
+        if self.known and "known_noise" in self.known:
+            self.sampler = inpaint.replace_known(self._plain, **self._known_arrays())
+
+    def _known_arrays(self, noise: jax.Array | None = None) -> dict[str, jax.Array]:
+        return {
+            "image": self.known["known_image"],
+            "mask": self.known["known_mask"],
+            "noise": self.known.get("known_noise", noise),
+        }
 
     @property
     def num_model_calls(self) -> int:
@@ -186,11 +207,16 @@ class SamplingLoop:
         return self.sampler.update(state, k, jnp.asarray(output).astype(jnp.float32), z)
 
     def _noise(self, state, k, key, noise):
+        if self.known and "known_noise" not in self.known:
+            raise ValueError(
+                "The step-level API needs known_noise= for inpainting (run() defaults it to "
+                "the starting noise)."
+            )
         if noise is not None or not self.stochastic:
             return noise
         if key is None:
             raise ValueError(f"Sampler {self.name!r} is stochastic: pass a key.")
-        return core.draw_noise(key, k, state.x.shape)
+        return core.draw_noise(key, k, state.x.shape, self.sampler.noise_draws)
 
     def result(self, state: core.State) -> jax.Array:
         """The final sample."""
@@ -216,7 +242,8 @@ class SamplingLoop:
         if key is not None:
             core.check_key(key, noise.shape[0])
         if step_noise is not None:
-            want = (self.num_model_calls, *noise.shape)
+            draws = self.sampler.noise_draws
+            want = (self.num_model_calls, *((draws,) if draws > 1 else ()), *noise.shape)
             if tuple(step_noise.shape) != want:
                 raise ValueError(f"step_noise must have shape {want}; got {step_noise.shape}.")
         traced_names = getattr(self.factory, "traced_options", frozenset())
@@ -237,7 +264,8 @@ class SamplingLoop:
             explicit_noise=step_noise is not None,
             return_trajectory=return_trajectory,
         )
-        return _run_scan(static, traced, noise, key, dict(cond or {}), step_noise)
+        known = self._known_arrays(noise) if self.known else None
+        return _run_scan(static, traced, noise, key, dict(cond or {}), step_noise, known)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +284,7 @@ class _Static:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _run_scan(static: _Static, traced, noise, key, cond, step_noise):
+def _run_scan(static: _Static, traced, noise, key, cond, step_noise, known):
     s = static.factory(
         static.schedule.schedule,
         static.num_steps,
@@ -264,12 +292,18 @@ def _run_scan(static: _Static, traced, noise, key, cond, step_noise):
         **dict(static.options),
         **traced,
     )
+    if known is not None:
+        s = inpaint.replace_known(s, **known)
 
     def body(state, inputs):
         k, given = inputs
         z = None
         if static.stochastic:
-            z = given if static.explicit_noise else core.draw_noise(key, k, noise.shape)
+            z = (
+                given
+                if static.explicit_noise
+                else core.draw_noise(key, k, noise.shape, s.noise_draws)
+            )
         state, x_in, t = s.model_input(state, k, z)
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x_in.shape[0],))
         out = jnp.asarray(static.model_fn(x_in, t, **cond)).astype(jnp.float32)
@@ -326,7 +360,9 @@ def sample(
         docstring), e.g. ``timestep_spacing="trailing"``, ``eta=0.5``, ``solver_order=3``;
         ``timesteps=[...]`` / ``sigmas=[...]`` for a custom grid and ``start_step=k`` to
         start part-way. ``eta`` and EDM's ``S_churn``/``S_noise``/``S_tmin``/``S_tmax`` may
-        be traced.
+        be traced. Every sampler also takes ``known_image=`` / ``known_mask=`` (1 = keep)
+        [/ ``known_noise=``, default the starting noise]: inpainting by replacement (see
+        ``jaxdiff.samplers.inpaint``); these arrays may be traced.
 
     Returns:
       x_0 [B, ...] float32 (and the trajectory dict when requested).

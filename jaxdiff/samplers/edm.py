@@ -99,7 +99,8 @@ def edm(
         model_input=model_input,
         update=update,
         tables=tab,
-        alpha_sigma_start=core.vp_of_sigma(sigmas[start]),
+        levels=core.vp_of_sigma(host.sigma_eval),
+        ve_state=True,
         init_noise_sigma=float(sigmas[0]),
         sigmas=np.float32(sigmas),
     )

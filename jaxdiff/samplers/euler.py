@@ -36,7 +36,8 @@ def _start(grid: grids.SolverGrid, start: int, spacing: str) -> dict:
     scale = core.start_scale(sigma0, start, grids.init_noise_sigma(grid.sigmas, spacing))
     return dict(
         init=lambda noise: EulerState(jnp.asarray(noise, jnp.float32) * jnp.float32(scale)),
-        alpha_sigma_start=core.vp_of_sigma(sigma0),
+        levels=core.vp_of_sigma(grid.sigmas[start:-1]),
+        ve_state=True,
         init_noise_sigma=grids.init_noise_sigma(grid.sigmas, spacing),
         sigmas=grid.sigmas,
     )

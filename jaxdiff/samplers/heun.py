@@ -116,7 +116,8 @@ def heun(
         model_input=model_input,
         update=update,
         tables=tab,
-        alpha_sigma_start=core.vp_of_sigma(sigma0),
+        levels=core.vp_of_sigma(host.sigma_eval),
+        ve_state=True,
         init_noise_sigma=noise_sigma,
         sigmas=grid.sigmas,
     )

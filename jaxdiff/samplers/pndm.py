@@ -141,7 +141,6 @@ def pndm(
         zeros = jnp.zeros_like(x)
         return PNDMState(x=x, start=zeros, rk_sum=zeros, hist=jnp.stack([zeros] * 4))
 
-    t0 = rows[0]["t_eff"]
     return core.Sampler(
         name="pndm",
         timesteps=np.concatenate([prk, plms]).astype(np.float64),
@@ -150,7 +149,7 @@ def pndm(
         model_input=core.vp_input(tab.t),
         update=update,
         tables=tab,
-        alpha_sigma_start=(float(np.sqrt(ac[t0])), float(np.sqrt(1.0 - ac[t0]))),
+        levels=core.vp_of_alphas_cumprod(ac[[int(r["t"]) for r in rows]]),
     )
 
 
