@@ -208,3 +208,50 @@ def test_ddpm_sampler_reads_the_variance_like_the_loss(k):
     other_v = jnp.concatenate([jnp.asarray(eps_hat), -jnp.asarray(v)], -1)
     other = np.asarray(loop.result(loop.step(loop.init(x_in), k, other_v, noise=z)))
     assert not np.allclose(other, got, rtol=1e-2)  # the variance values do change the step
+
+
+def test_a_learned_range_config_trains_through_the_real_step_and_samples(tmp_path):
+    from jaxdiff.experiment import base_config, load_workdir, train_and_evaluate
+    from jaxdiff.experiment.from_config import init_params_fn
+
+    config = base_config()  # the digits (8x8x1)
+    config.data.data_dir = str(tmp_path / "data")
+    config.data.global_batch_size = 16
+    config.model.preset = "TINY"
+    config.model.kwargs = {"out_channels": 2}  # prediction + variance values
+    config.diffusion.learned_variance = True
+    config.optim.warmup_steps = 1
+    config.train.update(num_steps=4, log_every=2, save_every=2, sample_every=4, progress=False)
+    config.sample.update(sampler="ddpm", num_steps=3, num_samples=4, options={})
+    out = train_and_evaluate(config, str(tmp_path / "run"))  # NaN/inf losses would raise
+    assert out["step"] == 4 and (tmp_path / "run" / "samples" / "step_4.png").exists()
+
+    gen = load_workdir(str(tmp_path / "run"))
+    assert gen.learned_variance and gen.image_shape == (8, 8, 1)
+    k_init = jax.random.split(jax.random.key(config.seed))[0]
+    init = init_params_fn(gen.model, gen.image_shape)(k_init)["conv_out"]["kernel"]
+    trained = np.asarray(gen.params["conv_out"]["kernel"])
+    assert trained.shape[-1] == 2
+    # Both output channels trained: the variance one only gets gradients from the VLB term.
+    assert not np.allclose(trained[..., 0], init[..., 0], atol=1e-6)
+    assert not np.allclose(trained[..., 1], init[..., 1], atol=1e-6)
+    args = dict(num_samples=4, sampler="ddpm", num_steps=3, progress=False)
+    learned, labels = gen.sample(**args)  # variance_type="learned_range" by default
+    fixed, _ = gen.sample(**args, options={"variance_type": "fixed_small"})
+    assert learned.shape == (4, 8, 8, 1) and np.all(np.isfinite(learned))
+    np.testing.assert_array_equal(labels, [0, 1, 2, 3])
+    assert not np.allclose(learned, fixed, atol=1e-3)
+    with pytest.raises(ValueError, match="learned_variance=True needs objective='diffusion'"):
+        config.diffusion.objective = "edm"
+        train_and_evaluate(config, str(tmp_path / "edm"))
+
+
+def test_the_adm_preset_needs_learned_variance_on_rgb_images():
+    from jaxdiff.experiment.from_config import build_model
+
+    adm = {"preset": "ADM_IMAGENET64", "dtype": "float32", "kwargs": {}}
+    with pytest.raises(ValueError, match="outputs 6 channels for 3-channel images.*learned_varia"):
+        build_model(adm, num_classes=1000, image_channels=3)
+    assert build_model(adm, num_classes=1000, image_channels=3, learned_variance=True)
+    with pytest.raises(ValueError, match="outputs 6 channels for 1-channel images; allowed: 2"):
+        build_model(adm, num_classes=1000, image_channels=1, learned_variance=True)
