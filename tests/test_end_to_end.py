@@ -127,6 +127,7 @@ def test_sample_skips_a_corrupt_latest_checkpoint_or_names_it(tmp_path):
     run(["train.py", "--config=configs/default.py:smoke", f"--workdir={work}"], tmp_path)
     assert _committed_steps(work) == [2, 4, 6]
     _garble_arrays(work / "checkpoints" / "6")
+    (work / "config.json").write_text("{}")  # sampling reads the checkpoint's config
     base = ["sample.py", f"--workdir={work}", "--num_samples=3", "--num_steps=2"]
     fallback = run([*base, f"--out={tmp_path / 'latest'}"], tmp_path)
     assert "Checkpoint at step 6" in fallback.stderr and "could not be restored" in fallback.stderr

@@ -51,21 +51,20 @@ def open_dataset(data_config: Mapping[str, Any]) -> ImageDataset:
 
 def build_schedule(diffusion_config: Mapping[str, Any]) -> DiscreteSchedule | EDMSchedule:
     """The training schedule of ``config.diffusion``."""
-    c = diffusion_config
-    if c["objective"] == "edm":
+    if diffusion_config["objective"] == "edm":
         return EDMSchedule(
-            sigma_min=c["sigma_min"],
-            sigma_max=c["sigma_max"],
-            sigma_data=c["sigma_data"],
-            p_mean=c["p_mean"],
-            p_std=c["p_std"],
+            sigma_min=diffusion_config["sigma_min"],
+            sigma_max=diffusion_config["sigma_max"],
+            sigma_data=diffusion_config["sigma_data"],
+            p_mean=diffusion_config["p_mean"],
+            p_std=diffusion_config["p_std"],
         )
     return make_schedule(
-        c["beta_schedule"],
-        c["num_train_timesteps"],
-        beta_start=c["beta_start"],
-        beta_end=c["beta_end"],
-        rescale_betas_zero_snr=c["rescale_betas_zero_snr"],
+        diffusion_config["beta_schedule"],
+        diffusion_config["num_train_timesteps"],
+        beta_start=diffusion_config["beta_start"],
+        beta_end=diffusion_config["beta_end"],
+        rescale_betas_zero_snr=diffusion_config["rescale_betas_zero_snr"],
     )
 
 
