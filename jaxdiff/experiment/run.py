@@ -97,25 +97,7 @@ def _run_loop(config, workdir, dataset, generator, step_fn, state, key, mesh):
     bar = tqdm(
         total=train_config.num_steps, initial=start, disable=not show, desc="train", unit="step"
     )
-    clock = {"time": time.perf_counter(), "step": start}
-
-    def on_log(step, means, state):
-        now = time.perf_counter()
-        rate = (
-            (step - clock["step"]) * data_config.global_batch_size / max(now - clock["time"], 1e-9)
-        )
-        clock.update(time=now, step=step)
-        bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}")
-        if writer is not None:
-            for name, value in means.items():
-                writer.add_scalar(f"train/{name}", value, step)
-            writer.add_scalar("train/images_per_sec", rate, step)
-            writer.flush()
-        every = train_config.sample_every
-        if (every and step % every == 0) or step == train_config.num_steps:
-            path = os.path.join(workdir, workdir_lib.SAMPLES, f"step_{step}.png")
-            draw_sample_grid(generator, config.sample, state.ema_params, path)
-            clock["time"] = time.perf_counter()  # sampling is not training throughput
+    on_log = _log_callback(config, workdir, generator, writer, bar, start)
 
     try:
         result = training.train_loop(
@@ -138,6 +120,30 @@ def _run_loop(config, workdir, dataset, generator, step_fn, state, key, mesh):
         if writer is not None:
             writer.close()
     return {"step": result.step, "workdir": workdir, "preempted": result.preempted}
+
+
+def _log_callback(config, workdir, generator, writer, bar, start_step):
+    """Every log step: progress bar, TensorBoard scalars, and the sample grid when due."""
+    clock = {"time": time.perf_counter(), "step": start_step}
+    batch_size, train_config = config.data.global_batch_size, config.train
+
+    def on_log(step, means, state):
+        now = time.perf_counter()
+        rate = (step - clock["step"]) * batch_size / max(now - clock["time"], 1e-9)
+        clock.update(time=now, step=step)
+        bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}")
+        if writer is not None:
+            for name, value in means.items():
+                writer.add_scalar(f"train/{name}", value, step)
+            writer.add_scalar("train/images_per_sec", rate, step)
+            writer.flush()
+        every = train_config.sample_every
+        if (every and step % every == 0) or step == train_config.num_steps:
+            path = os.path.join(workdir, workdir_lib.SAMPLES, f"step_{step}.png")
+            draw_sample_grid(generator, config.sample, state.ema_params, path)
+            clock["time"] = time.perf_counter()  # sampling is not training throughput
+
+    return on_log
 
 
 def draw_sample_grid(
