@@ -9,6 +9,7 @@ Image i depends only on (seed, i): the same seed gives the same images at any ba
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
@@ -44,40 +45,32 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    import numpy as np
-
-    from jaxdiff.experiment import builders, sampling
-
     f = flags.FLAGS
     if (f.workdir is None) == (f.diffusers_dir is None):
         raise app.UsageError("Give exactly one of --workdir or --diffusers_dir.")
-    if f.workdir:
-        gen = sampling.load_workdir(f.workdir, step=f.step)
-    else:
-        gen = sampling.load_diffusers_dir(f.diffusers_dir)
-    labels = None if f.labels is None else [int(v) for v in f.labels]
-    images, labels = gen.sample(
-        num_samples=f.num_samples,
-        sampler=f.sampler,
-        num_steps=f.num_steps,
-        guidance_scale=f.guidance_scale,
-        labels=labels,
-        seed=f.seed,
-        batch_size=f.batch_size,
-        options=dict(_parse_option(o) for o in f.option),
-    )
+    from jaxdiff.experiment import images, load_diffusers_dir, load_workdir
+
+    try:  # bad input (flags, workdir, checkpoint): one line, no traceback
+        gen = (
+            load_workdir(f.workdir, step=f.step)
+            if f.workdir
+            else load_diffusers_dir(f.diffusers_dir)
+        )
+        samples, labels = gen.sample(
+            num_samples=f.num_samples,
+            sampler=f.sampler,
+            num_steps=f.num_steps,
+            guidance_scale=f.guidance_scale,
+            labels=None if f.labels is None else [int(v) for v in f.labels],
+            seed=f.seed,
+            batch_size=f.batch_size,
+            options=dict(_parse_option(o) for o in f.option),
+        )
+    except ValueError as e:
+        sys.exit(f"sample.py: error: {e}")
     out = f.out or os.path.join(f.workdir or f.diffusers_dir, "generated")
-    os.makedirs(out, exist_ok=True)
-    scale = max(1, 64 // images.shape[1])
-    ncol = gen.num_classes if gen.num_classes and gen.num_classes <= 16 else None
-    builders.save_image_grid(images, os.path.join(out, "samples.png"), ncol=ncol, scale=scale)
-    np.savez(
-        os.path.join(out, "samples.npz"),
-        images=images,
-        labels=np.asarray(labels if labels is not None else [], np.int32),
-        seed=f.seed,
-    )
-    print(f"Wrote {len(images)} samples to {out}/samples.png and samples.npz.")
+    images.write_samples(out, samples, labels=labels, seed=f.seed, num_classes=gen.num_classes)
+    print(f"Wrote {len(samples)} samples to {out}/samples.png and samples.npz.")
 
 
 if __name__ == "__main__":

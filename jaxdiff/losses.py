@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff import diffusion
 from jaxdiff.schedules import (
@@ -140,8 +141,11 @@ def diffusion_loss(
     Draws t (see :func:`sample_timesteps`) and eps ~ N(0, I), forms x_t = alpha x_0 + sigma eps,
     calls ``model_fn(x_t, t)``, and returns the weighted mean squared error to the target of
     ``prediction_type``. With ``learned_variance`` the model returns twice the channels
-    (last axis: prediction, then variance values in [-1, 1]) and the hybrid objective of
-    Nichol & Dhariwal 2021 is used: loss + vlb_weight * T * L_vlb(t) (discrete schedules only).
+    (last axis: prediction, then variance values v in [-1, 1]) and the hybrid objective of
+    Nichol & Dhariwal 2021 is used (discrete schedules only):
+    L_hybrid = L_simple + lambda L_vlb, with L_vlb = sum_t L_t estimated as T * L_t at the
+    sampled t (:func:`vlb_term`, bits per dimension, the mean held fixed by a stop-gradient
+    so that this term trains only the variance) and lambda = ``vlb_weight``.
 
     Args:
       model_fn: ``model_fn(x_t, t) -> output``.
@@ -161,8 +165,8 @@ def diffusion_loss(
     """
     _check_weighting(weighting)
     diffusion.check_prediction_type(prediction_type)
-    if learned_variance and not isinstance(schedule, DiscreteSchedule):
-        raise ValueError("learned_variance needs a DiscreteSchedule (the VLB is discrete).")
+    if learned_variance:
+        check_learned_variance(schedule, prediction_type)
     k_t, k_n = jax.random.split(key)
     if t is None:
         t = sample_timesteps(k_t, x0.shape[0], schedule)
@@ -172,6 +176,7 @@ def diffusion_loss(
     alpha, sigma, snr = _alpha_sigma_snr(schedule, t)
     x_t = diffusion.q_sample(x0, noise, alpha, sigma)
     output = model_fn(x_t, t).astype(jnp.float32)
+    _check_output_shape(output.shape, x0.shape, learned_variance)
     if learned_variance:
         output, var_values = jnp.split(output, 2, axis=-1)
     target = diffusion.prediction_target(prediction_type, x0, noise, alpha, sigma)
@@ -189,6 +194,49 @@ def diffusion_loss(
         )
         loss = loss + vlb_weight * schedule.num_train_timesteps * vb
     return loss
+
+
+def check_learned_variance(schedule: Schedule, prediction_type: str) -> None:
+    """Raise a ValueError unless a learned-range variance can be trained on ``schedule``.
+
+    The VLB is a sum over discrete steps, so the schedule must be a ``DiscreteSchedule``. With
+    zero terminal SNR (alphas_cumprod[-1] = 0, ``rescale_betas_zero_snr``) an epsilon
+    prediction gives no x_0 at the last step (x_0 = (x_t - sigma eps) / 0): its VLB term is
+    undefined there.
+    """
+    if not isinstance(schedule, DiscreteSchedule):
+        raise ValueError(
+            "learned_variance needs a DiscreteSchedule (the VLB is a sum over discrete steps); "
+            f"got {type(schedule).__name__}."
+        )
+    ac = schedule.alphas_cumprod  # concrete when closed over, also inside jit
+    if (
+        prediction_type == "epsilon"
+        and not isinstance(ac, jax.core.Tracer)
+        and np.asarray(ac)[-1] == 0
+    ):
+        raise ValueError(
+            "learned_variance with prediction_type='epsilon' needs alphas_cumprod > 0 at the "
+            "last step (zero terminal SNR leaves x_0 undefined there); use "
+            "prediction_type='v_prediction' or 'sample', or a schedule without "
+            "rescale_betas_zero_snr."
+        )
+
+
+def _check_output_shape(output_shape, x0_shape, learned_variance: bool) -> None:
+    channels = x0_shape[-1]
+    want = (*x0_shape[:-1], 2 * channels) if learned_variance else tuple(x0_shape)
+    if tuple(output_shape) == want:
+        return
+    if not learned_variance and tuple(output_shape) == (*x0_shape[:-1], 2 * channels):
+        raise ValueError(
+            f"The model returns {2 * channels} channels for {channels}-channel data (a learned "
+            "variance); pass learned_variance=True to train it with the hybrid loss."
+        )
+    raise ValueError(
+        f"The model output has shape {tuple(output_shape)}; expected {want} for data of shape "
+        f"{tuple(x0_shape)}" + (" (prediction and variance values)." if learned_variance else ".")
+    )
 
 
 def normal_kl(mean1: Any, logvar1: Any, mean2: Any, logvar2: Any) -> jax.Array:

@@ -71,6 +71,41 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path):
     assert Checkpointer(tmp_path / "empty").restore_latest(_small_state(0.0)) is None
 
 
+def _damage_arrays(step_dir):
+    for path in glob.glob(str(step_dir / "state" / "**" / "*"), recursive=True):
+        if os.path.isfile(path) and "manifest" not in path:
+            with open(path, "r+b") as f:
+                f.truncate(3)
+
+
+def test_read_only_partial_restore_skips_or_names_a_damaged_step_and_moves_nothing(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        for step in (1, 2):
+            state = {"w": jnp.full((4, 3), step), "opt": jnp.full((5,), 10.0 * step)}
+            ckpt.save(step, state, config={"trained_for": step})
+    _damage_arrays(tmp_path / "2")
+    reader = Checkpointer(tmp_path, read_only=True)
+    target = {"w": jax.ShapeDtypeStruct((4, 3), jnp.int32)}
+
+    def read(step):
+        return reader.read_config(step), reader.restore_partial(target, step)
+
+    with pytest.warns(UserWarning, match="step 2 .* could not be restored .*; falling back"):
+        config, part = reader.newest_readable(read)
+    assert config == {"trained_for": 1} and set(part) == {"w"}  # "opt" is not read
+    np.testing.assert_array_equal(part["w"], np.ones((4, 3)))
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]  # nothing moved or deleted
+    with pytest.raises(ValueError, match="step 2 .* could not be read .*other steps: 1") as e:
+        reader.read_step(2, read)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="No checkpoint at step 5 .*steps: 1, 2"):
+        reader.read_step(5, read)
+    with pytest.raises(ValueError, match="read-only"):
+        reader.save(3, {"w": jnp.zeros((4, 3))})
+    with pytest.raises(FileNotFoundError, match="No checkpoint directory"):
+        Checkpointer(tmp_path / "missing", read_only=True)
+
+
 def test_checkpoint_from_8_devices_restores_on_1_and_training_continues(tmp_path):
     state8, shardings8 = sharded_run(4, 3, 16)  # 3 steps on a 2 x 4 (data, fsdp) mesh
     assert any("fsdp" in s.spec for s in jax.tree.leaves(shardings8))

@@ -114,6 +114,41 @@ def test_train_interrupt_resume_and_sample(tmp_path):
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
 
 
+def _garble_arrays(step_dir):
+    """Overwrite every array data file of a checkpoint step (sizes kept)."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for path in files:
+        path.write_bytes(bytes((i * 7919 + 13) % 256 for i in range(path.stat().st_size)))
+
+
+def test_sample_skips_a_corrupt_latest_checkpoint_or_names_it(tmp_path):
+    work = tmp_path / "run"
+    run(["train.py", "--config=configs/default.py:smoke", f"--workdir={work}"], tmp_path)
+    assert _committed_steps(work) == [2, 4, 6]
+    _garble_arrays(work / "checkpoints" / "6")
+    (work / "config.json").write_text("{}")  # sampling reads the checkpoint's config
+    base = ["sample.py", f"--workdir={work}", "--num_samples=3", "--num_steps=2"]
+    fallback = run([*base, f"--out={tmp_path / 'latest'}"], tmp_path)
+    assert "Checkpoint at step 6" in fallback.stderr and "could not be restored" in fallback.stderr
+    assert "Traceback" not in fallback.stderr, fallback.stderr[-3000:]
+    assert "Event loop is closed" not in fallback.stderr
+    run([*base, "--step=4", f"--out={tmp_path / 'step4'}"], tmp_path)
+    latest, step4 = (np.load(tmp_path / name / "samples.npz") for name in ("latest", "step4"))
+    np.testing.assert_array_equal(latest["images"], step4["images"])  # step 4's EMA parameters
+    assert (work / "checkpoints" / "6").is_dir()  # sampling moves nothing
+    # The damaged step asked for by name: one clear line, no traceback.
+    proc = run([*base, "--step=6"], tmp_path, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-3000:]
+    assert (
+        lines[0].startswith("sample.py: error: Checkpoint at step 6")
+        and "other steps: 2, 4" in lines[0]
+    )
+    proc = run([*base, "--step=5"], tmp_path, check=False)
+    assert proc.returncode != 0 and "No checkpoint at step 5" in proc.stderr
+
+
 def _png_folder(path, n=16, size=32):
     path.mkdir(parents=True)
     rng = np.random.default_rng(0)

@@ -236,18 +236,6 @@ def make_pipeline(
     return iter(ds)
 
 
-def _local_data_shards(mesh: jax.sharding.Mesh, data_axes: tuple[str, ...]) -> int:
-    """How many distinct slices of the batch axis this process's devices hold."""
-    axes = [mesh.axis_names.index(a) for a in data_axes]
-    here = jax.process_index()
-    coords = {
-        tuple(idx[a] for a in axes)
-        for idx, device in np.ndenumerate(mesh.devices)
-        if device.process_index == here
-    }
-    return len(coords)
-
-
 def global_batch(
     batch: Mapping[str, np.ndarray],
     mesh: jax.sharding.Mesh,
@@ -255,39 +243,19 @@ def global_batch(
 ) -> dict[str, Any]:
     """Assembles the processes' local batches into global arrays sharded over `data_axis`.
 
-    Each process passes its own batch (from `make_pipeline`); the result's leading axis is
-    the global batch, split over the mesh axis (or axes) `data_axis` and replicated over the
-    others. String arrays (captions) are returned unchanged: they stay on the host.
-
-    This assumes that processes hold distinct slices of the batch axis, in process order,
-    as the `make_pipeline` layout does (`process_index`/`process_count` = the process's
-    slice of the data axis; true for the meshes `jax.make_mesh` builds when the batch is
-    split over all devices).
+    This is :func:`jaxdiff.training.global_batch` (one implementation, one set of rules) with
+    the pipeline's defaults: the batch is split over the mesh axis "data" only, and string
+    arrays (captions) are returned unchanged: they stay on the host.
 
     Args:
-      batch: dict of numpy arrays with the local batch on axis 0.
+      batch: dict of numpy arrays with the local batch on axis 0 (from `make_pipeline`).
       mesh: the device mesh.
       data_axis: the mesh axis name(s) that split the batch.
 
     Returns:
       A dict of `jax.Array` (string arrays left as numpy).
     """
-    axes = (data_axis,) if isinstance(data_axis, str) else tuple(data_axis)
-    missing = [a for a in axes if a not in mesh.axis_names]
-    if missing:
-        raise ValueError(f"Mesh axes {mesh.axis_names} do not include {missing}.")
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
-    shards = _local_data_shards(mesh, axes)
-    out = {}
-    for key, value in batch.items():
-        value = np.asarray(value)
-        if value.dtype.kind in "USO":
-            out[key] = value
-            continue
-        if value.ndim == 0 or value.shape[0] % shards:
-            raise ValueError(
-                f"batch['{key}'] has shape {value.shape}: its leading (batch) axis must be "
-                f"divisible by the {shards} slices of mesh axes {axes} on this process."
-            )
-        out[key] = jax.make_array_from_process_local_data(sharding, value)
-    return out
+    # Imported here: building a data pipeline does not need the training engine.
+    from jaxdiff.training.sharding import global_batch as place_batch
+
+    return dict(place_batch(dict(batch), mesh, data_axis=data_axis, keep_strings=True))

@@ -1,18 +1,25 @@
-"""Config-driven runs (the boundary behind train.py and sample.py): schema, builders, run."""
+"""Config-driven runs (the boundary behind train.py and sample.py).
 
-from jaxdiff.experiment.config import SCHEMA, base_config, validate_config
-from jaxdiff.experiment.run import Components, check_workdir, sample_grid, train_and_evaluate
-from jaxdiff.experiment.sampling import Generator, load_diffusers_dir, load_workdir
+``config`` (schema, validation), ``from_config`` (config -> typed objects), ``run`` (the
+training run), ``workdir`` (a run's files, loading it for sampling), ``sampling`` (drawing
+images), ``diffusers_dir``, ``images`` (PNG / .npz output), ``per_sample_rng``. See
+docs/architecture.md.
+"""
+
+from jaxdiff.experiment.config import SCHEMA, base_config, config_from_dict, validate_config
+from jaxdiff.experiment.diffusers_dir import load_diffusers_dir
+from jaxdiff.experiment.run import train_and_evaluate
+from jaxdiff.experiment.sampling import Generator
+from jaxdiff.experiment.workdir import check_workdir, load_workdir
 
 __all__ = [
     "SCHEMA",
-    "Components",
     "Generator",
-    "load_diffusers_dir",
-    "load_workdir",
     "base_config",
     "check_workdir",
-    "sample_grid",
+    "config_from_dict",
+    "load_diffusers_dir",
+    "load_workdir",
     "train_and_evaluate",
     "validate_config",
 ]

@@ -3,8 +3,8 @@
 Config files in ``configs/`` start from :func:`base_config` and change what they need. Every
 value is checked by :func:`validate_config` before anything is built or compiled; an unknown
 field or a bad value raises a ValueError that names the field and what is allowed. Library
-code never sees the ConfigDict: :mod:`jaxdiff.experiment.builders` turns it into typed
-arguments at this boundary.
+code never sees the ConfigDict: :mod:`jaxdiff.experiment.from_config` turns it into typed
+objects at this boundary. :func:`config_from_dict` reads a config saved with a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 import ml_collections
 
 from jaxdiff import diffusion, losses, samplers, schedules
+from jaxdiff.experiment.from_config import build_schedule
+from jaxdiff.experiment.sampling import check_sampler, sampler_options, sampler_prediction_type
 
 _PRESETS = ("DIGITS", "TINY", "DDPM_CIFAR10", "ADM_IMAGENET64")
 
@@ -35,7 +37,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = dict(
         name="digits",
         split="train",
-        eval_split="test",
         path=placeholder(str),  # the folder of an "image_folder" dataset
         image_size=placeholder(int),  # None keeps the stored size
         global_batch_size=64,
@@ -57,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
         min_snr_gamma=5.0,
         p2_k=1.0,
         p2_gamma=1.0,
+        learned_variance=False,  # the model also outputs variance values (hybrid loss)
+        vlb_weight=0.001,  # lambda of the hybrid loss (Nichol & Dhariwal 2021)
         sigma_data=0.5,  # EDM
         p_mean=-1.2,
         p_std=1.2,
@@ -132,7 +135,6 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "data": {
         "name": (_STR, "a dataset name (digits, image_folder, cifar10, ...)"),
         "split": (_STR, "a split name"),
-        "eval_split": (_STR, "a split name"),
         "path": (_optional(_STR), "None or a folder path"),
         "image_size": (_optional(_int(1)), "None or an int >= 1"),
         "global_batch_size": (_int(1), "an int >= 1"),
@@ -158,6 +160,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "min_snr_gamma": (_num(0, open_lo=True), "a float > 0"),
         "p2_k": (_num(0, open_lo=True), "a float > 0"),
         "p2_gamma": (_num(0), "a float >= 0"),
+        "learned_variance": (_BOOL, "a bool (the model's output holds variance values too)"),
+        "vlb_weight": (_num(0), "a float >= 0"),
         "sigma_data": (_num(0, open_lo=True), "a float > 0"),
         "p_mean": (_num(), "a float"),
         "p_std": (_num(0, open_lo=True), "a float > 0"),
@@ -230,30 +234,85 @@ def validate_config(config: Mapping[str, Any]) -> None:
     _check_relations(config)
 
 
-def _check_relations(c: Mapping[str, Any]) -> None:
-    d, t, e = c["diffusion"], c["train"], c["ema"]
-    if d["objective"] == "diffusion" and d["beta_start"] >= d["beta_end"]:
+def _check_relations(config: Mapping[str, Any]) -> None:
+    diffusion_config, train, ema = config["diffusion"], config["train"], config["ema"]
+    objective = diffusion_config["objective"]
+    if objective == "diffusion" and diffusion_config["beta_start"] >= diffusion_config["beta_end"]:
         raise ValueError(
-            f"config.diffusion.beta_start={d['beta_start']} must be < beta_end={d['beta_end']}."
+            f"config.diffusion.beta_start={diffusion_config['beta_start']} must be < "
+            f"beta_end={diffusion_config['beta_end']}."
         )
-    if d["objective"] == "edm" and d["sigma_min"] >= d["sigma_max"]:
+    if objective == "edm" and diffusion_config["sigma_min"] >= diffusion_config["sigma_max"]:
         raise ValueError("config.diffusion.sigma_min must be < sigma_max.")
-    if (e["decay"] is None) == (e["half_life_images"] is None):
+    if diffusion_config["learned_variance"]:
+        _check_learned_variance(diffusion_config)
+    if (ema["decay"] is None) == (ema["half_life_images"] is None):
         raise ValueError("Set exactly one of config.ema.decay and config.ema.half_life_images.")
-    if t["sample_every"] and t["sample_every"] % t["log_every"]:
+    if train["sample_every"] and train["sample_every"] % train["log_every"]:
         raise ValueError(
-            f"config.train.sample_every={t['sample_every']} must be a multiple of "
-            f"config.train.log_every={t['log_every']} (samples are drawn at log steps)."
+            f"config.train.sample_every={train['sample_every']} must be a multiple of "
+            f"config.train.log_every={train['log_every']} (samples are drawn at log steps)."
         )
-    if c["data"]["name"] == "image_folder" and not c["data"]["path"]:
+    if config["data"]["name"] == "image_folder" and not config["data"]["path"]:
         raise ValueError("config.data.path must name the folder of an image_folder dataset.")
-    sampler = c["sample"]["sampler"]
-    allowed = samplers.option_names(samplers.SAMPLERS[sampler])
-    for name in c["sample"]["options"]:
-        if name not in allowed:
-            raise ValueError(
-                f"config.sample.options.{name} is not an option of sampler "
-                f"{sampler!r}; allowed: {', '.join(sorted(allowed))}."
-            )
-    if c["data"]["global_batch_size"] % c["optim"]["grad_accum_steps"]:
+    if config["data"]["global_batch_size"] % config["optim"]["grad_accum_steps"]:
         raise ValueError("config.data.global_batch_size must be divisible by grad_accum_steps.")
+    _check_sampling(config)
+
+
+def _check_learned_variance(diffusion_config: Mapping[str, Any]) -> None:
+    if diffusion_config["objective"] != "diffusion":
+        raise ValueError(
+            "config.diffusion.learned_variance=True needs objective='diffusion' (the hybrid "
+            f"loss); got objective={diffusion_config['objective']!r}."
+        )
+    try:
+        losses.check_learned_variance(
+            build_schedule(diffusion_config), diffusion_config["prediction_type"]
+        )
+    except ValueError as e:
+        raise ValueError(f"config.diffusion.learned_variance=True: {e}") from None
+
+
+def _check_sampling(config: Mapping[str, Any]) -> None:
+    """config.sample against the sampler it names (options, step count, schedule)."""
+    diffusion_config, sample = config["diffusion"], config["sample"]
+    options = sampler_options(
+        sample["sampler"],
+        dict(sample["options"]),
+        learned_variance=diffusion_config["learned_variance"],
+    )
+    try:
+        check_sampler(
+            sample["sampler"],
+            options,
+            schedule=build_schedule(diffusion_config),
+            num_steps=sample["num_steps"],
+            prediction_type=sampler_prediction_type(
+                diffusion_config["objective"], diffusion_config["prediction_type"]
+            ),
+        )
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"config.sample ({sample['sampler']!r}): {e}") from None
+
+
+RETIRED_FIELDS = (("data", "eval_split"),)
+"""Fields that configs saved with older checkpoints may hold; no longer read, so dropped."""
+
+
+def config_from_dict(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A run config saved as plain values (with a checkpoint), validated like a new one.
+
+    Fields added since it was saved take their defaults from :func:`base_config`; the
+    fields of ``RETIRED_FIELDS`` are dropped; anything else unknown is refused.
+    """
+    config = base_config()
+    for section, values in saved.items():
+        if section in TOP_LEVEL or not _is_dict(values) or section not in config:
+            config[section] = values
+            continue
+        for field, value in values.items():
+            if (section, field) not in RETIRED_FIELDS:
+                config[section][field] = value
+    validate_config(config)
+    return config

@@ -6,214 +6,109 @@ together; everything it calls takes typed arguments.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from jaxdiff import data as data_lib
 from jaxdiff import training
-from jaxdiff.experiment import builders, sampling
+from jaxdiff.experiment import from_config, images
+from jaxdiff.experiment import workdir as workdir_lib
 from jaxdiff.experiment.config import validate_config
-
-
-def check_workdir(workdir: str) -> str:
-    """Create the workdir (or accept an existing folder); a file there is refused."""
-    path = os.path.abspath(os.fspath(workdir))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--workdir {path} is a file; it must be a directory (new or existing).")
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-class Components:
-    """Everything a run builds from its config (also used by sample.py)."""
-
-    def __init__(self, config: ml_collections.ConfigDict):
-        validate_config(config)
-        self.config = config
-        d = config.data
-        builder_kwargs = {"path": d.path} if d.name == "image_folder" else {}
-        self.builder = data_lib.get_builder(
-            d.name, data_dir=d.data_dir, download=d.download, **builder_kwargs
-        )
-        self.meta = data_lib.dataset_metadata(self.builder)
-        shape = self.meta.image_shape
-        if d.image_size is not None:
-            shape = (d.image_size, d.image_size, shape[-1])
-        if None in shape:
-            raise ValueError(
-                f"Dataset {d.name!r} has images of varying size; set config.data.image_size."
-            )
-        self.image_shape = tuple(int(s) for s in shape)
-        self.model = builders.build_model(config.model, num_classes=self.meta.num_classes)
-        self.conditional = bool(self.model.num_classes)
-        self.schedule = builders.build_schedule(config.diffusion)
-
-    def init_params(self, key: jax.Array) -> Any:
-        """Fresh model parameters."""
-        x = jnp.zeros((1, *self.image_shape), jnp.float32)
-        labels = jnp.zeros((1,), jnp.int32) if self.conditional else None
-        return self.model.init({"params": key}, x, jnp.zeros((1,)), labels=labels)["params"]
-
-    def generate_fn(self, **overrides: Any):
-        """The jitted sampling function of this model (config.sample, with overrides)."""
-        s = {**self.config.sample.to_dict(), **overrides}
-        guided = self.conditional and s["guidance_scale"] != 1.0
-        return builders.make_generate_fn(
-            self.model,
-            self.schedule,
-            objective=self.config.diffusion.objective,
-            prediction_type=self.config.diffusion.prediction_type,
-            sigma_data=self.config.diffusion.sigma_data,
-            sampler=s["sampler"],
-            num_steps=s["num_steps"],
-            options=dict(s["options"]),
-            guided=guided,
-        )
-
-
-def _train_step(c: Components, optimizer, lr):
-    config = c.config
-    d = config.diffusion
-    loss_fn = training.make_diffusion_loss_fn(
-        c.model.apply,
-        schedule=c.schedule,
-        objective=d.objective,
-        prediction_type=d.prediction_type,
-        weighting=d.weighting,
-        weighting_options={
-            "min_snr_gamma": d.min_snr_gamma,
-            "p2_k": d.p2_k,
-            "p2_gamma": d.p2_gamma,
-            "sigma_data": d.sigma_data,
-        },
-        cond_drop_prob=config.train.cond_drop_prob if c.conditional else 0.0,
-        null_label=c.model.num_classes if c.conditional else None,
-    )
-    e = config.ema
-    ema = training.ema_decay_schedule(
-        decay=e.decay,
-        half_life_images=e.half_life_images,
-        batch_size=config.data.global_batch_size,
-        warmup=e.warmup,
-    )
-    return training.make_train_step(
-        loss_fn,
-        optimizer,
-        ema_decay_fn=ema,
-        grad_accum_steps=config.optim.grad_accum_steps,
-        learning_rate_fn=lr,
-    )
-
-
-def sample_grid(c: Components, generate, params, *, num_samples: int, seed: int, path: str):
-    """Draw the config's sample grid (labels 0, 1, 2, ... cycling) and save it as a PNG."""
-    keys = builders.per_sample_keys(seed, 0, num_samples)
-    noise = builders.per_sample_noise(keys, c.image_shape)
-    labels = None
-    if c.conditional:
-        labels = jnp.arange(num_samples, dtype=jnp.int32) % c.model.num_classes
-    scale = jnp.float32(c.config.sample.guidance_scale)
-    images = np.asarray(generate(params, noise, keys, labels, scale))
-    ncol = c.model.num_classes if c.conditional and c.model.num_classes <= 16 else None
-    upscale = max(1, 64 // c.image_shape[0])
-    builders.save_image_grid(images, path, ncol=ncol, scale=upscale)
-    return images
+from jaxdiff.experiment.sampling import Generator
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train per ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
-    Writes checkpoints/, config.json, TensorBoard event files and samples/step_N.png.
-    Returns the final metrics and paths.
+    Writes checkpoints/, config.json, run_info.json, TensorBoard event files and
+    samples/step_N.png (see :mod:`jaxdiff.experiment.workdir`).
+
+    Returns:
+      ``{"step": steps done, "workdir": path, "preempted": stopped by a signal}``.
     """
+    validate_config(config)
+    workdir = workdir_lib.check_workdir(workdir)
+    dataset = from_config.open_dataset(config.data)
+    diffusion_config = config.diffusion
+    model = from_config.build_model(
+        config.model,
+        num_classes=dataset.num_classes,
+        image_channels=dataset.image_shape[-1],
+        learned_variance=diffusion_config.learned_variance,
+    )
+    schedule = from_config.build_schedule(diffusion_config)
+    if jax.process_index() == 0:
+        workdir_lib.write_run_files(
+            workdir, config, image_shape=dataset.image_shape, num_classes=model.num_classes or 0
+        )
+    os.makedirs(os.path.join(workdir, workdir_lib.SAMPLES), exist_ok=True)
+
+    mesh = training.make_mesh(fsdp=config.train.fsdp)
+    optimizer, lr = from_config.build_optimizer(config)
+    init_fn = training.make_init_fn(
+        from_config.init_params_fn(model, dataset.image_shape), optimizer
+    )
+    k_init, k_train = jax.random.split(jax.random.key(config.seed))
+    state, shardings = training.init_sharded_state(init_fn, k_init, mesh)
+    train_step = from_config.build_train_step(config, model, schedule, optimizer, lr)
+    step_fn = training.jit_train_step(train_step, mesh, shardings)
+    generator = Generator(
+        model,
+        None,
+        schedule,
+        objective=diffusion_config.objective,
+        prediction_type=diffusion_config.prediction_type,
+        sigma_data=diffusion_config.sigma_data,
+        image_shape=dataset.image_shape,
+        learned_variance=diffusion_config.learned_variance,
+    )
+    return _run_loop(config, workdir, dataset, generator, step_fn, state, k_train, mesh)
+
+
+def _run_loop(config, workdir, dataset, generator, step_fn, state, key, mesh):
     from tensorboardX import SummaryWriter
     from tqdm.auto import tqdm
 
-    validate_config(config)
-    workdir = check_workdir(workdir)
-    c = Components(config)
-    t = config.train
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-        sampling.write_run_info(
-            workdir, image_shape=c.image_shape, num_classes=c.model.num_classes or 0
-        )
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-
-    mesh = training.make_mesh(fsdp=t.fsdp)
-    optimizer, lr = builders.build_optimizer(config)
-    init_fn = training.make_init_fn(c.init_params, optimizer)
-    key = jax.random.key(config.seed)
-    k_init, k_train = jax.random.split(key)
-    state, shardings = training.init_sharded_state(init_fn, k_init, mesh)
-    step_fn = training.jit_train_step(_train_step(c, optimizer, lr), mesh, shardings)
-
-    d = config.data
+    data_config, train_config = config.data, config.train
     pipeline = data_lib.make_pipeline(
-        c.builder,
-        split=d.split,
-        global_batch_size=d.global_batch_size,
-        image_size=d.image_size,
+        dataset.builder,
+        split=data_config.split,
+        global_batch_size=data_config.global_batch_size,
+        image_size=data_config.image_size,
         seed=config.seed,
-        random_flip=d.random_flip,
-        worker_count=d.worker_count,
+        random_flip=data_config.random_flip,
+        worker_count=data_config.worker_count,
     )
-    keep = ("image", "label") if c.conditional else ("image",)
+    keep = ("image", "label") if generator.num_classes else ("image",)
 
     def put_batch(batch):
-        batch = {k: v for k, v in batch.items() if k in keep}
-        return training.global_batch(batch, mesh)
+        return training.global_batch({k: v for k, v in batch.items() if k in keep}, mesh)
 
     checkpointer = training.Checkpointer(
-        os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints
+        os.path.join(workdir, workdir_lib.CHECKPOINTS), max_to_keep=train_config.keep_checkpoints
     )
     start = checkpointer.latest_step() or 0
     writer = SummaryWriter(workdir) if jax.process_index() == 0 else None
-    generate = c.generate_fn()
-    show = t.progress and jax.process_index() == 0
-    bar = tqdm(total=t.num_steps, initial=start, disable=not show, desc="train", unit="step")
-    clock = {"time": time.perf_counter(), "step": start}
-
-    def on_log(step, means, state):
-        now = time.perf_counter()
-        rate = (step - clock["step"]) * d.global_batch_size / max(now - clock["time"], 1e-9)
-        clock.update(time=now, step=step)
-        bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}")
-        if writer is not None:
-            for name, value in means.items():
-                writer.add_scalar(f"train/{name}", value, step)
-            writer.add_scalar("train/images_per_sec", rate, step)
-            writer.flush()
-        if (t.sample_every and step % t.sample_every == 0) or step == t.num_steps:
-            path = os.path.join(workdir, "samples", f"step_{step}.png")
-            sample_grid(
-                c,
-                generate,
-                state.ema_params,
-                num_samples=config.sample.num_samples,
-                seed=config.sample.seed,
-                path=path,
-            )
-            clock["time"] = time.perf_counter()  # sampling is not training throughput
+    show = train_config.progress and jax.process_index() == 0
+    bar = tqdm(
+        total=train_config.num_steps, initial=start, disable=not show, desc="train", unit="step"
+    )
+    on_log = _log_callback(config, workdir, generator, writer, bar, start)
 
     try:
         result = training.train_loop(
             step_fn,
             state,
             pipeline,
-            num_steps=t.num_steps,
-            key=k_train,
+            num_steps=train_config.num_steps,
+            key=key,
             checkpointer=checkpointer,
-            save_every=t.save_every,
-            log_every=t.log_every,
+            save_every=train_config.save_every,
+            log_every=train_config.log_every,
             put_batch=put_batch,
             callbacks=[on_log],
             on_step=lambda step: bar.update(1),
@@ -225,3 +120,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if writer is not None:
             writer.close()
     return {"step": result.step, "workdir": workdir, "preempted": result.preempted}
+
+
+def _log_callback(config, workdir, generator, writer, bar, start_step):
+    """Every log step: progress bar, TensorBoard scalars, and the sample grid when due."""
+    clock = {"time": time.perf_counter(), "step": start_step}
+    batch_size, train_config = config.data.global_batch_size, config.train
+
+    def on_log(step, means, state):
+        now = time.perf_counter()
+        rate = (step - clock["step"]) * batch_size / max(now - clock["time"], 1e-9)
+        clock.update(time=now, step=step)
+        bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}")
+        if writer is not None:
+            for name, value in means.items():
+                writer.add_scalar(f"train/{name}", value, step)
+            writer.add_scalar("train/images_per_sec", rate, step)
+            writer.flush()
+        every = train_config.sample_every
+        if (every and step % every == 0) or step == train_config.num_steps:
+            path = os.path.join(workdir, workdir_lib.SAMPLES, f"step_{step}.png")
+            draw_sample_grid(generator, config.sample, state.ema_params, path)
+            clock["time"] = time.perf_counter()  # sampling is not training throughput
+
+    return on_log
+
+
+def draw_sample_grid(
+    generator: Generator, sample_config: ml_collections.ConfigDict, params: Any, path: str
+) -> None:
+    """The run's sample grid of ``config.sample`` (classes 0, 1, 2, ... cycling) as a PNG."""
+    samples, _ = generator.sample(
+        params=params,
+        num_samples=sample_config.num_samples,
+        sampler=sample_config.sampler,
+        num_steps=sample_config.num_steps,
+        guidance_scale=sample_config.guidance_scale,
+        seed=sample_config.seed,
+        batch_size=sample_config.num_samples,
+        options=dict(sample_config.options),
+        progress=False,
+    )
+    images.save_sample_grid(samples, path, num_classes=generator.num_classes)

@@ -1,46 +1,170 @@
-"""Sampling from a trained workdir or a diffusers-format U-Net (the library behind sample.py)."""
+"""Drawing images from a trained network: :class:`Generator` (model, parameters, schedule and
+how to read the network's output), its jitted sampling functions, and the checks of sampler
+arguments. Used by sample.py, the training run's sample grids and the benchmarks.
+
+The only contact with the samplers package is its public API: ``jaxdiff.samplers.available()``,
+``jaxdiff.SamplingLoop`` (in :func:`check_sampler`, to validate options before anything
+compiles) and ``jaxdiff.sample``.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from jaxdiff import models, samplers, training
-from jaxdiff.experiment import builders
-from jaxdiff.experiment.config import validate_config
-from jaxdiff.schedules import make_schedule
+import jaxdiff
+from jaxdiff import losses, models, samplers
+from jaxdiff.diffusion import expand
+from jaxdiff.experiment.per_sample_rng import per_sample_keys, per_sample_noise
+from jaxdiff.guidance import classifier_free_guidance
 
-RUN_INFO = "run_info.json"
+
+def sampler_prediction_type(objective: str, prediction_type: str) -> str:
+    """What the samplers are told the model predicts (EDM's denoiser returns x_0)."""
+    return "sample" if objective == "edm" else prediction_type
+
+
+def sampler_options(
+    sampler: str, options: Mapping[str, Any], *, learned_variance: bool
+) -> dict[str, Any]:
+    """The options passed to ``jaxdiff.sample``: a learned-variance model samples "ddpm" with
+    its own variance (``variance_type="learned_range"``) unless the options say otherwise."""
+    options = dict(options)
+    if learned_variance and sampler == "ddpm":
+        options.setdefault("variance_type", "learned_range")
+    return options
+
+
+def check_sampler_name(sampler: str) -> None:
+    """Raise a ValueError listing the samplers unless ``sampler`` is one of them."""
+    if sampler not in samplers.available():
+        raise ValueError(
+            f"Unknown sampler {sampler!r}; available: {', '.join(samplers.available())}."
+        )
+
+
+def check_sampler(
+    sampler: str,
+    options: Mapping[str, Any],
+    *,
+    schedule: Any,
+    num_steps: int,
+    prediction_type: str,
+) -> None:
+    """Raise a ValueError now if ``jaxdiff.sample`` would refuse these arguments.
+
+    The samplers own their option names and rules; preparing a ``jaxdiff.SamplingLoop`` (host
+    work only, nothing compiles) is how this asks them. This is the single place in
+    ``jaxdiff.experiment`` that depends on sampler options.
+    """
+    check_sampler_name(sampler)
+    jaxdiff.SamplingLoop(
+        sampler,
+        schedule=schedule,
+        num_steps=num_steps,
+        prediction_type=prediction_type,
+        **options,
+    )
+
+
+def model_fn_for_sampling(
+    model: models.UNet,
+    params: Any,
+    *,
+    objective: str,
+    sigma_data: float = 0.5,
+    image_channels: int | None = None,
+) -> Callable[..., jax.Array]:
+    """``model_fn(x_t, t, labels=None)`` in the samplers' variance-preserving contract.
+
+    For an EDM-trained model t is sigma and the function returns the preconditioned
+    denoiser's x_0 ("sample" prediction) of x = x_t sqrt(1 + sigma^2) (the same wrapper as
+    training, :func:`jaxdiff.losses.edm_denoiser`). With ``image_channels`` the output keeps
+    only that many channels (drops a learned variance that the sampler does not read).
+    """
+
+    def apply(x, t, labels=None):
+        out = model.apply({"params": params}, x, t, labels=labels).astype(jnp.float32)
+        return out if image_channels is None else out[..., :image_channels]
+
+    if objective != "edm":
+        return apply
+
+    def edm_fn(x_vp, sigma, labels=None):
+        denoiser = losses.edm_denoiser(lambda x, c_noise: apply(x, c_noise, labels), sigma_data)
+        return denoiser(x_vp * expand(jnp.sqrt(1.0 + sigma**2), x_vp), sigma)
+
+    return edm_fn
 
 
 class Generator:
-    """A model, its sampling parameters and schedule, ready to draw images."""
+    """A model, its sampling parameters and schedule, ready to draw images.
+
+    Args:
+      model: the network (a U-Net module).
+      params: its parameters (e.g. the EMA parameters of a checkpoint); None when every
+        :meth:`sample` call passes its own.
+      schedule: the training schedule.
+      objective: "diffusion" or "edm" (how the network's output is read).
+      prediction_type: "epsilon", "sample" or "v_prediction" ("diffusion").
+      sigma_data: EDM's sigma_data.
+      image_shape: (H, W, C) of one image.
+      learned_variance: the network also returns variance values (twice C channels).
+    """
 
     def __init__(
-        self, model, params, schedule, *, objective, prediction_type, sigma_data, image_shape
+        self,
+        model: models.UNet,
+        params: Any,
+        schedule: Any,
+        *,
+        objective: str,
+        prediction_type: str,
+        sigma_data: float,
+        image_shape: Sequence[int],
+        learned_variance: bool = False,
     ):
         self.model, self.params, self.schedule = model, params, schedule
         self.objective, self.prediction_type = objective, prediction_type
         self.sigma_data, self.image_shape = sigma_data, tuple(image_shape)
+        self.learned_variance = learned_variance
+        self._compiled: dict[tuple, Callable[..., jax.Array]] = {}
 
     @property
     def num_classes(self) -> int:
         """Number of classes (0 for an unconditional model)."""
         return int(self.model.num_classes or 0)
 
-    def check(self, *, sampler: str, labels: np.ndarray | None, guidance_scale: float) -> None:
-        """Refuse inputs that do not fit this model before anything compiles."""
-        if sampler not in samplers.available():
-            raise ValueError(
-                f"Unknown sampler {sampler!r}; available: {', '.join(samplers.available())}."
+    def check(
+        self,
+        *,
+        sampler: str,
+        labels: np.ndarray | None,
+        guidance_scale: float,
+        num_steps: int | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Refuse inputs that do not fit this model before anything compiles.
+
+        Checks the sampler name, then the labels and guidance scale against the model, then
+        (given ``num_steps``) the sampler's options and step count with this schedule.
+        """
+        check_sampler_name(sampler)
+        self._check_labels(labels, guidance_scale)
+        if num_steps is not None:
+            check_sampler(
+                sampler,
+                sampler_options(sampler, options or {}, learned_variance=self.learned_variance),
+                schedule=self.schedule,
+                num_steps=num_steps,
+                prediction_type=sampler_prediction_type(self.objective, self.prediction_type),
             )
+
+    def _check_labels(self, labels: np.ndarray | None, guidance_scale: float) -> None:
         if labels is None:
             if guidance_scale != 1.0:
                 raise ValueError(
@@ -67,14 +191,17 @@ class Generator:
         labels: Sequence[int] | None = None,
         seed: int = 0,
         batch_size: int = 64,
-        options: dict[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
         progress: bool = True,
+        params: Any = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Draw ``num_samples`` images [N, H, W, C] in [-1, 1] (and their labels).
 
         ``labels`` (cycled to N) selects classes of a conditional model (None: classes 0, 1,
         2, ... cycling; for an unconditional model, no labels). Sample i depends only on
-        (seed, i), whatever the batch size.
+        (seed, i), whatever the batch size. With a guidance scale other than 1, classifier-free
+        guidance runs with the null class (``model.num_classes``) as the unconditional input.
+        ``params`` replaces the generator's parameters for this call (same compiled function).
         """
         from tqdm.auto import tqdm
 
@@ -82,118 +209,70 @@ class Generator:
             labels = np.arange(num_samples) % self.num_classes
         elif labels is not None:
             labels = np.resize(np.asarray(labels, np.int32), num_samples)
-        self.check(sampler=sampler, labels=labels, guidance_scale=guidance_scale)
-        generate = builders.make_generate_fn(
-            self.model,
-            self.schedule,
-            objective=self.objective,
-            prediction_type=self.prediction_type,
-            sigma_data=self.sigma_data,
+        options = dict(options or {})
+        self.check(
             sampler=sampler,
+            labels=labels,
+            guidance_scale=guidance_scale,
             num_steps=num_steps,
-            options=options or {},
+            options=options,
         )
+        params = self.params if params is None else params
+        if params is None:
+            raise ValueError("This Generator has no parameters; pass params=.")
+        guided = labels is not None and guidance_scale != 1.0
+        generate = self._generate_fn(sampler, num_steps, options, guided)
         out = []
         bar = tqdm(total=num_samples, disable=not progress, desc=f"{sampler} x{num_steps}")
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
-            keys = builders.per_sample_keys(seed, start, n)
-            noise = builders.per_sample_noise(keys, self.image_shape)
+            keys = per_sample_keys(seed, start, n)
+            noise = per_sample_noise(keys, self.image_shape)
             lab = None if labels is None else jnp.asarray(labels[start : start + n])
-            out.append(
-                np.asarray(generate(self.params, noise, keys, lab, jnp.float32(guidance_scale)))
-            )
+            out.append(np.asarray(generate(params, noise, keys, lab, jnp.float32(guidance_scale))))
             bar.update(n)
         bar.close()
         return np.concatenate(out), labels
 
+    def _generate_fn(self, sampler, num_steps, options, guided):
+        """The jitted ``generate(params, noise, keys, labels, scale)``, compiled once per
+        (sampler, steps, options, guided) and batch shape."""
+        cache_key = (sampler, num_steps, guided, repr(sorted(options.items())))
+        if cache_key not in self._compiled:
+            self._compiled[cache_key] = self._make_generate_fn(sampler, num_steps, options, guided)
+        return self._compiled[cache_key]
 
-def write_run_info(workdir: str, *, image_shape, num_classes) -> None:
-    """Record what sampling needs without the dataset (image shape, classes)."""
-    with open(os.path.join(workdir, RUN_INFO), "w") as f:
-        json.dump({"image_shape": list(image_shape), "num_classes": num_classes}, f)
+    def _make_generate_fn(self, sampler, num_steps, options, guided):
+        options = sampler_options(sampler, options, learned_variance=self.learned_variance)
+        reads_variance = self.learned_variance and options.get("variance_type") == "learned_range"
+        channels = self.image_shape[-1]
+        keep = None if reads_variance or not self.learned_variance else channels
+        null = jnp.full((1,), self.num_classes, jnp.int32)
 
-
-def load_workdir(workdir: str, *, step: int | None = None) -> Generator:
-    """The EMA parameters of a training workdir (latest checkpoint, or ``step``)."""
-    workdir = os.path.abspath(workdir)
-    if not os.path.isdir(workdir):
-        raise ValueError(f"--workdir {workdir} is not a directory.")
-    paths = [os.path.join(workdir, n) for n in ("config.json", RUN_INFO)]
-    for p in paths:
-        if not os.path.exists(p):
-            raise ValueError(
-                f"{workdir} is not a training workdir: {os.path.basename(p)} is missing."
+        def generate(params, noise, keys, labels, guidance_scale):
+            fn = model_fn_for_sampling(
+                self.model,
+                params,
+                objective=self.objective,
+                sigma_data=self.sigma_data,
+                image_channels=keep,
             )
-    with open(paths[0]) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    with open(paths[1]) as f:
-        info = json.load(f)
-    validate_config(config)
-    model = builders.build_model(config.model, num_classes=info["num_classes"] or None)
-    schedule = builders.build_schedule(config.diffusion)
-    shape = tuple(info["image_shape"])
+            cond = {} if labels is None else {"labels": labels}
+            if guided:
+                fn = classifier_free_guidance(
+                    fn, uncond={"labels": null}, learned_variance=reads_variance
+                )
+                cond["guidance_scale"] = guidance_scale
+            return jaxdiff.sample(
+                fn,
+                noise,
+                schedule=self.schedule,
+                sampler=sampler,
+                num_steps=num_steps,
+                prediction_type=sampler_prediction_type(self.objective, self.prediction_type),
+                key=keys,
+                cond=cond,
+                **options,
+            )
 
-    def init_params(key):
-        labels = jnp.zeros((1,), jnp.int32) if model.num_classes else None
-        x = jnp.zeros((1, *shape), jnp.float32)
-        return model.init({"params": key}, x, jnp.zeros((1,)), labels=labels)["params"]
-
-    opt, _ = builders.build_optimizer(config)
-    abstract = jax.eval_shape(training.make_init_fn(init_params, opt), jax.random.key(0))
-    ckpt = training.Checkpointer(os.path.join(workdir, "checkpoints"))
-    try:
-        if ckpt.latest_step() is None:
-            raise ValueError(f"{workdir} has no checkpoint yet.")
-        restored = ckpt.restore(abstract, step)
-    finally:
-        ckpt.close()
-    d = config.diffusion
-    return Generator(
-        model,
-        restored.state.ema_params,
-        schedule,
-        objective=d.objective,
-        prediction_type=d.prediction_type,
-        sigma_data=d.sigma_data,
-        image_shape=shape,
-    )
-
-
-def load_diffusers_dir(path: str, *, image_size: int | None = None) -> Generator:
-    """A diffusers-format U-Net (a pipeline folder with unet/ and scheduler/, or a unet
-    folder) with the schedule of its scheduler_config.json (default: DDPM's linear)."""
-    path = os.path.abspath(path)
-    unet_dir = os.path.join(path, "unet") if os.path.isdir(os.path.join(path, "unet")) else path
-    module, params = models.load_diffusers_unet(unet_dir)
-    sched_cfg = {}
-    for cand in (
-        os.path.join(path, "scheduler", "scheduler_config.json"),
-        os.path.join(path, "scheduler_config.json"),
-    ):
-        if os.path.exists(cand):
-            with open(cand) as f:
-                sched_cfg = json.load(f)
-            break
-    schedule = make_schedule(
-        sched_cfg.get("beta_schedule", "linear"),
-        sched_cfg.get("num_train_timesteps", 1000),
-        beta_start=sched_cfg.get("beta_start", 0.0001),
-        beta_end=sched_cfg.get("beta_end", 0.02),
-        trained_betas=sched_cfg.get("trained_betas"),
-        rescale_betas_zero_snr=sched_cfg.get("rescale_betas_zero_snr", False),
-    )
-    with open(os.path.join(unet_dir, "config.json")) as f:
-        unet_cfg = json.load(f)
-    size = image_size or unet_cfg.get("sample_size") or 32
-    size = size[0] if isinstance(size, list | tuple) else size
-    shape = (int(size), int(size), int(unet_cfg.get("in_channels", 3)))
-    return Generator(
-        module,
-        params,
-        schedule,
-        objective="diffusion",
-        prediction_type=sched_cfg.get("prediction_type", "epsilon"),
-        sigma_data=0.5,
-        image_shape=shape,
-    )
+        return jax.jit(generate)

@@ -34,7 +34,7 @@ def _cast_floats(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(cast, tree)
 
 
-def _check(objective: str, prediction_type: str, weighting: str, cond_drop_prob: float) -> None:
+def _check(objective, prediction_type, weighting, cond_drop_prob, learned_variance, vlb_weight):
     if objective not in OBJECTIVES:
         raise ValueError(f"Unknown objective {objective!r}; allowed: {OBJECTIVES}.")
     diffusion.check_prediction_type(prediction_type)
@@ -42,6 +42,13 @@ def _check(objective: str, prediction_type: str, weighting: str, cond_drop_prob:
         raise ValueError(f"Unknown weighting {weighting!r}; allowed: {losses.WEIGHTINGS}.")
     if not 0.0 <= cond_drop_prob <= 1.0:
         raise ValueError(f"cond_drop_prob must be in [0, 1]; got {cond_drop_prob}.")
+    if learned_variance and objective != "diffusion":
+        raise ValueError(
+            f"learned_variance trains with the hybrid loss of objective='diffusion'; got "
+            f"objective={objective!r} (EDM's denoiser has no variance output)."
+        )
+    if not vlb_weight >= 0.0:
+        raise ValueError(f"vlb_weight must be >= 0; got {vlb_weight}.")
 
 
 def make_diffusion_loss_fn(
@@ -54,6 +61,8 @@ def make_diffusion_loss_fn(
     weighting_options: Mapping[str, Any] | None = None,
     cond_drop_prob: float = 0.0,
     null_label: int | None = None,
+    learned_variance: bool = False,
+    vlb_weight: float = 0.001,
     compute_dtype: Any = None,
     image_key: str = "image",
     label_key: str = "label",
@@ -72,6 +81,11 @@ def make_diffusion_loss_fn(
       cond_drop_prob: probability of dropping an example's condition (CFG training).
       null_label: the label id meaning "no class" (the model's ``num_classes``); needed when
         the batch has labels and ``cond_drop_prob > 0``.
+      learned_variance: the model returns twice the image channels (prediction, then
+        variance values in [-1, 1], read as in the "ddpm" sampler's
+        ``variance_type="learned_range"``); trained with the hybrid loss of Nichol &
+        Dhariwal 2021 ("diffusion" with a discrete schedule only).
+      vlb_weight: lambda of the hybrid loss (0.001 in the paper).
       compute_dtype: dtype of the forward pass (e.g. ``jnp.bfloat16``): casts every float
         parameter and the input. For a model with its own ``dtype`` attribute (the jaxdiff
         U-Net keeps normalisation statistics in float32 that way) prefer the model's dtype
@@ -83,7 +97,9 @@ def make_diffusion_loss_fn(
     Returns:
       ``loss_fn(params, batch, example_keys, batch_key) -> (loss [B], {})``.
     """
-    _check(objective, prediction_type, weighting, cond_drop_prob)
+    _check(objective, prediction_type, weighting, cond_drop_prob, learned_variance, vlb_weight)
+    if learned_variance:
+        losses.check_learned_variance(schedule, prediction_type)
     options = dict(weighting_options or {})
 
     def loss_fn(params, batch, example_keys, batch_key):
@@ -120,6 +136,8 @@ def make_diffusion_loss_fn(
             weighting=weighting,
             t=t,
             noise=noise,
+            learned_variance=learned_variance,
+            vlb_weight=vlb_weight,
             **options,
         )
         return loss, {}

@@ -29,7 +29,7 @@ from jaxdiff.training.state import TrainState
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
-"""The mesh axes that split the batch (pass as ``data_axis`` to ``jaxdiff.data.global_batch``)."""
+"""The mesh axes that split the batch (the default ``data_axis`` of :func:`global_batch`)."""
 PMAP_AXIS = "batch"
 MIN_FSDP_SIZE = 2**14
 """Arrays with fewer elements stay replicated under FSDP (gathering them costs more than it
@@ -156,30 +156,71 @@ def jit_train_step(
     )
 
 
-def global_batch(local_batch: Any, mesh: Mesh) -> Any:
-    """Assemble each process's rows into one global, batch-sharded array per leaf.
+def global_batch(
+    local_batch: Any,
+    mesh: Mesh,
+    *,
+    data_axis: str | Sequence[str] = BATCH_AXES,
+    keep_strings: bool = False,
+) -> Any:
+    """Assemble each process's rows into one global array per leaf, split over ``data_axis``.
 
-    In a single process this is a sharded ``device_put``; with several processes each passes
-    its own consecutive shard (global batch size = process count x local size).
+    The one place where host batches become device arrays (``jaxdiff.data.global_batch`` is
+    this function with the data pipeline's defaults). Each process passes its own rows; the
+    global batch is their concatenation in process order (the layout of
+    ``jaxdiff.data.make_pipeline``), split along axis 0 over the mesh axes ``data_axis`` and
+    replicated over the others. In a single process this is a sharded ``device_put``.
+
+    Args:
+      local_batch: a pytree of numpy arrays with this process's rows on axis 0.
+      mesh: the device mesh (e.g. from :func:`make_mesh`).
+      data_axis: the mesh axis name(s) that split the batch; default ("data", "fsdp"), the
+        split the train step of :func:`jit_train_step` expects.
+      keep_strings: return string arrays (captions) unchanged on the host instead of refusing
+        them (the train step takes numeric arrays only).
+
+    Returns:
+      The same pytree with ``jax.Array`` leaves (string arrays kept as numpy if allowed).
     """
-    sharding = batch_sharding(mesh)
-    n_local = sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
+    axes = (data_axis,) if isinstance(data_axis, str) else tuple(data_axis)
+    missing = [a for a in axes if a not in mesh.axis_names]
+    if missing:
+        raise ValueError(
+            f"Mesh axes {mesh.axis_names} do not include {missing}; data_axis must name mesh axes."
+        )
+    sharding = NamedSharding(mesh, P(axes))
+    slices = _local_batch_slices(mesh, axes)
 
-    def put(x):
+    def put(path, x):
         x = np.asarray(x)
+        where = f"batch{jax.tree_util.keystr(path)}"
         if x.dtype.kind in "USO":
+            if keep_strings:
+                return x
             raise ValueError(
-                f"A batch entry holds {x.dtype} values (e.g. captions); the train step takes "
-                "numeric arrays only: drop or encode it before global_batch."
+                f"{where} holds {x.dtype} values (e.g. captions); the train step takes numeric "
+                "arrays only: drop or encode it before global_batch."
             )
-        if x.shape[0] % n_local:
+        if x.ndim == 0 or x.shape[0] % slices:
             raise ValueError(
-                f"Local batch size {x.shape[0]} is not divisible by this process's {n_local} "
-                "devices."
+                f"{where} has shape {x.shape}: its leading (batch) axis must be divisible by "
+                f"the {slices} slices of mesh axes {axes} on this process."
             )
         return jax.make_array_from_process_local_data(sharding, x)
 
-    return jax.tree.map(put, local_batch)
+    return jax.tree_util.tree_map_with_path(put, local_batch)
+
+
+def _local_batch_slices(mesh: Mesh, axes: tuple[str, ...]) -> int:
+    """How many distinct slices of the batch axis this process's devices hold."""
+    dims = [mesh.axis_names.index(a) for a in axes]
+    here = jax.process_index()
+    coords = {
+        tuple(idx[d] for d in dims)
+        for idx, device in np.ndenumerate(mesh.devices)
+        if device.process_index == here
+    }
+    return len(coords)
 
 
 def pmap_train_step(step_fn: Callable, *, axis_name: str = PMAP_AXIS) -> Callable:
