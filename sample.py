@@ -15,6 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app, flags, logging  # noqa: E402
 
+flags.DEFINE_bool("compile_cache", True, "Persistent XLA compilation cache ($JAXDIFF_CACHE_DIR).")
+flags.DEFINE_bool("cpu_flags", True, "Add jaxdiff's verified XLA CPU flags (jaxdiff.runtime).")
 flags.DEFINE_string("workdir", None, "Training workdir to sample from (latest checkpoint).")
 flags.DEFINE_string("diffusers_dir", None, "Or: a diffusers-format pipeline / unet folder.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -48,6 +50,9 @@ def main(argv):
     f = flags.FLAGS
     if (f.workdir is None) == (f.diffusers_dir is None):
         raise app.UsageError("Give exactly one of --workdir or --diffusers_dir.")
+    from jaxdiff import runtime
+
+    runtime.configure(compilation_cache=flags.FLAGS.compile_cache, cpu_flags=flags.FLAGS.cpu_flags)
     from jaxdiff.experiment import images, load_diffusers_dir, load_workdir
 
     try:  # bad input (flags, workdir, checkpoint): one line, no traceback

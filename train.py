@@ -21,6 +21,8 @@ config_flags.DEFINE_config_file(
     "Run configuration file.",
     lock_config=True,
 )
+flags.DEFINE_bool("compile_cache", True, "Persistent XLA compilation cache ($JAXDIFF_CACHE_DIR).")
+flags.DEFINE_bool("cpu_flags", True, "Add jaxdiff's verified XLA CPU flags (jaxdiff.runtime).")
 flags.DEFINE_string("workdir", "workdirs/default", "Directory for checkpoints, logs, samples.")
 
 
@@ -28,6 +30,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
+    from jaxdiff import runtime
+
+    runtime.configure(compilation_cache=flags.FLAGS.compile_cache, cpu_flags=flags.FLAGS.cpu_flags)
     from jaxdiff.experiment import train_and_evaluate
 
     out = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
