@@ -94,3 +94,14 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="ran out at step 2"):
         train_loop(step, fresh, iter([next(Batches())] * 2), num_steps=3, key=jax.random.key(0))
+
+
+def test_progress_counts_completed_steps_a_bounded_distance_behind():
+    step, fresh = _setup()
+    done = []
+    train_loop(step, fresh, Batches(), num_steps=10, key=jax.random.key(0), log_every=100,
+               on_step=done.append, max_ahead=2)  # fmt: skip
+    # step s is dispatched only after step s - 2 finished; the final log syncs everything
+    assert done == [1, 2, 3, 4, 5, 6, 7, 8, 10]
+    with pytest.raises(ValueError, match="max_ahead >= 0"):
+        train_loop(step, fresh, Batches(), num_steps=1, key=jax.random.key(0), max_ahead=-1)

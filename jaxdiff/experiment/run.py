@@ -111,7 +111,7 @@ def _run_loop(config, workdir, dataset, generator, step_fn, state, key, mesh):
             log_every=train_config.log_every,
             put_batch=put_batch,
             callbacks=[on_log],
-            on_step=lambda step: bar.update(1),
+            on_step=lambda step: bar.update(step - bar.n),
             config=config.to_dict(),
         )
     finally:

@@ -159,6 +159,7 @@ def train_loop(
     config: Mapping[str, Any] | None = None,
     handle_sigterm: bool = True,
     resume: bool = True,
+    max_ahead: int = 2,
 ) -> LoopResult:
     """Train until ``num_steps`` steps are done (resuming from the latest checkpoint).
 
@@ -176,18 +177,23 @@ def train_loop(
       callbacks: ``callback(step, mean_metrics, state)`` every ``log_every`` steps and at the
         end; ``mean_metrics`` averages the steps since the previous call. The state is
         donated to the next step: use it inside the callback, copy what must outlive it.
-      on_step: ``on_step(step)`` after every dispatched step (progress bars); no device sync.
+      on_step: ``on_step(step)`` with the number of steps known to be complete on the device,
+        each time it grows (progress bars that count finished work, not dispatched work).
       config: JSON-able run configuration stored in each checkpoint.
       handle_sigterm: save and stop on SIGTERM (and on a first Ctrl-C, in one process).
       resume: restore the latest checkpoint first (if any).
+      max_ahead: how many steps the host may dispatch beyond the last one known complete
+        (it waits on that step's metrics first): keeps the device fed while a progress bar
+        stays within a few steps of the truth instead of running ``log_every`` steps ahead
+        and then stalling at each log.
 
     Returns:
       :class:`LoopResult`. Raises :class:`NonFiniteLossError` on a NaN/inf loss.
     """
-    if num_steps < 0 or save_every < 1 or log_every < 1:
+    if num_steps < 0 or save_every < 1 or log_every < 1 or max_ahead < 0:
         raise ValueError(
-            f"Need num_steps >= 0, save_every >= 1, log_every >= 1; got {num_steps}, "
-            f"{save_every}, {log_every}."
+            f"Need num_steps >= 0, save_every >= 1, log_every >= 1, max_ahead >= 0; got "
+            f"{num_steps}, {save_every}, {log_every}, {max_ahead}."
         )
     step = int(_to_host(state.step))
     if checkpointer is not None and resume:
@@ -205,14 +211,19 @@ def train_loop(
             state, metrics = train_step(state, batch, key)
             step += 1
             pending.append((step, metrics))
-            if on_step is not None:
-                on_step(step)
+            if len(pending) > max_ahead:  # bound the run-ahead: wait for an older step
+                done, older = pending[-1 - max_ahead]
+                jax.block_until_ready(older)
+                if on_step is not None:
+                    on_step(done)
             log = step % log_every == 0 or step == num_steps
             save = checkpointer is not None and (step % save_every == 0 or step == num_steps)
             preempted = preemption.reached(step)
             if log or save or preempted:
                 window += _fetch_and_check(pending, checkpointer)
                 pending = []
+                if on_step is not None:
+                    on_step(step)
                 means = _means(window)
                 if checkpointer is not None and (save or preempted):
                     _save(checkpointer, step, state, data, config, means)
