@@ -109,7 +109,8 @@ def test_unet_attention_blocks_agree_across_implementations(kind):
 def test_resolve_and_errors():
     assert resolve("flash") == "flash" and resolve("xla") == "xla"
     assert resolve("auto") == ("flash" if jax.default_backend() == "cpu" else "xla")
+    assert resolve("cudnn") == "cudnn"  # GPU only: jax.nn.dot_product_attention's cuDNN kernel
     with pytest.raises(ValueError, match="not one of"):
-        resolve("cudnn")
+        resolve("fused")
     with pytest.raises(ValueError, match="attention_impl|not one of"):
         TINY(attention_impl="fast")

@@ -7,6 +7,8 @@
   form (K Q^T), so the dK / dV products keep a layout XLA maps onto its fast matmul. Batch x
   heads are processed in chunks of about 4 MB of scores. This is several times faster than the
   materialised softmax on CPU, fwd + bwd.
+* ``"cudnn"``: `jax.nn.dot_product_attention` forced onto cuDNN's fused kernel (NVIDIA GPUs
+  only; bf16 / fp16 inputs).
 * ``"auto"``: ``"flash"`` on CPU, ``"xla"`` elsewhere.
 """
 
@@ -24,7 +26,7 @@ from jaxdiff.models.ops import Conv, Dense
 
 Dtype = Any
 
-IMPLEMENTATIONS = ("auto", "xla", "flash")
+IMPLEMENTATIONS = ("auto", "xla", "flash", "cudnn")
 _CHUNK_BYTES = 4 * 2**20
 
 
@@ -134,13 +136,16 @@ def dot_product_attention(
       q: queries [B, Lq, H, D].
       k: keys [B, Lk, H, D].
       v: values [B, Lk, H, D].
-      implementation: "auto", "xla" or "flash" (see the module docstring).
+      implementation: "auto", "xla", "flash" or "cudnn" (see the module docstring).
 
     Returns:
       Attention output [B, Lq, H, D].
     """
-    if resolve(implementation) == "flash":
+    implementation = resolve(implementation)
+    if implementation == "flash":
         return flash_attention(q, k, v)
+    if implementation == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
     return jax.nn.dot_product_attention(q, k, v)
 
 
