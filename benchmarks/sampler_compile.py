@@ -14,15 +14,22 @@ and unconditional halves in one batched call, mixed with a traced guidance scale
         un-wrapped ``jaxdiff.sample`` call; PASS/FAIL;
   (iii) per-step overhead = time per sampler step inside the lax.scan / time of one jitted
         model call on the same batch (target <= 1.05), next to a host loop of jitted steps
-        (``SamplingLoop``): interleaved rounds after warm-up, medians, block_until_ready.
+        (``SamplingLoop``): interleaved rounds after warm-up, medians, block_until_ready;
+  (iv)  the same ratio on the path sample.py and the training sample grids use
+        (``experiment.sampling.Generator.sample``: parameters as arguments, per-sample keys and
+        noise, labels), for every sampler family, unguided (guidance scale 1: one model call
+        per step) and guided (scale 3: one doubled-batch call, compared with that call), at
+        batch 64 and 256, for the DIGITS U-Net (8x8x1) and a 32x32x3 class-conditional U-Net.
 
-    python benchmarks/sampler_compile.py             # ~7 min on a busy 2-core CPU
-    python benchmarks/sampler_compile.py --rounds 21 --batch 64
+    python benchmarks/sampler_compile.py             # parts (i)-(iv), ~25 min on 2 cores
+    python benchmarks/sampler_compile.py --parts iv --matrix-rounds 5
+    python benchmarks/sampler_compile.py --parts i,ii,iii --rounds 21 --batch 64
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -295,22 +302,121 @@ def step_overhead(model_fn, params, batch: int, rounds: int) -> None:
                       for s in ("ddim", "dpm_solver")))  # fmt: skip
 
 
+# ----------------------------------------------------------------------------------------
+# (iv) every sampler family on sample.py's path.
+
+FAMILIES = {  # sampler -> options (a grid each family runs at 8 steps)
+    "ddpm": {}, "ddim": {}, "pndm": {"skip_prk_steps": True}, "dpm_solver": DPM_OPTIONS,
+    "unipc": {}, "deis": {}, "euler": {}, "euler_ancestral": {}, "heun": {}, "lcm": {},
+    "edm": {},
+}  # fmt: skip
+MATRIX_STEPS = 8
+
+
+def matrix_models():
+    """(name, module, image shape) of part (iv)."""
+    from jaxdiff import models
+
+    yield "DIGITS 8x8x1", models.DIGITS(), (8, 8, 1)
+    unet32 = models.UNet(
+        channels=(32, 64, 64), num_res_blocks=1, attention_levels=(1,), head_dim=32,
+        norm_groups=8, num_classes=NUM_CLASSES,
+    )  # fmt: skip
+    yield "U-Net 32x32x3 (32, 64, 64)", unet32, (32, 32, 3)
+
+
+def overhead_matrix(batches, rounds: int) -> None:
+    print(f"\n(iv) sample.py's path (Generator.sample), {MATRIX_STEPS} steps: time per model "
+          f"call / one jitted model call (guided: / one doubled-batch call); medians of "
+          f"{rounds} interleaved rounds")  # fmt: skip
+    for name, module, shape in matrix_models():
+        for batch in batches:
+            matrix_cell(name, module, shape, batch, rounds)
+
+
+def matrix_cell(name: str, module, shape, batch: int, rounds: int) -> float:
+    """Part (iv) for one model and batch size; returns the worst ratio."""
+    from jaxdiff.experiment.sampling import Generator
+
+    x = jnp.zeros((batch, *shape))
+    t, y = jnp.full((batch,), 500.0), jnp.arange(batch, dtype=jnp.int32) % NUM_CLASSES
+    params = jax.jit(module.init)(jax.random.key(0), x, t, labels=y)["params"]
+    gen = Generator(
+        module, params, SCHEDULE, objective="diffusion", prediction_type="epsilon",
+        sigma_data=0.5, image_shape=shape,
+    )  # fmt: skip
+    call = jax.jit(lambda p, x, t, y: module.apply({"params": p}, x, t, labels=y))
+    x2, t2, y2 = (jnp.concatenate([a, a]) for a in (x, t, y))
+    fns = {
+        "model": functools.partial(call, params, x, t, y),
+        "model 2B": functools.partial(call, params, x2, t2, y2),
+    }
+    calls = {}
+    for sampler, opts in FAMILIES.items():
+        calls[sampler] = jaxdiff.SamplingLoop(
+            sampler, schedule=SCHEDULE, num_steps=MATRIX_STEPS, **opts
+        ).num_model_calls
+        for scale in (1.0, 3.0):
+            fns[(sampler, scale)] = functools.partial(
+                gen.sample, num_samples=batch, sampler=sampler, num_steps=MATRIX_STEPS,
+                guidance_scale=scale, batch_size=batch, options=opts, progress=False,
+            )  # fmt: skip
+    med = _medians(fns, rounds)
+    print(f"{name}, batch {batch}: model call {med['model'] * 1e3:.1f} ms, doubled "
+          f"{med['model 2B'] * 1e3:.1f} ms; loadavg {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(f"  {'sampler':<16}{'calls':>6}{'unguided':>10}{'guided':>8}")
+    worst = 0.0
+    for sampler, k in calls.items():
+        u = med[(sampler, 1.0)] / k / med["model"]
+        g = med[(sampler, 3.0)] / k / med["model 2B"]
+        worst = max(worst, u, g)
+        print(f"  {sampler:<16}{k:6d}{u:10.2f}{g:8.2f}")
+    print(f"  worst {worst:.2f} (target <= 1.05: {'PASS' if worst <= 1.05 else 'FAIL'})")
+    return worst
+
+
+def _medians(fns: dict, rounds: int) -> dict:
+    for fn in fns.values():
+        block(fn())
+        block(fn())
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            block(fn())
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--compile-batch", type=int, default=2, help="batch of part (i)")
     parser.add_argument("--compile-repeats", type=int, default=3)
+    parser.add_argument("--parts", default="i,ii,iii,iv", help="which parts to run")
+    parser.add_argument("--matrix-batches", default="64,256")
+    parser.add_argument("--matrix-rounds", type=int, default=5)
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     start = time.perf_counter()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
-          f"loadavg at start {os.getloadavg()[0]:.2f}")  # fmt: skip
-    module, params, name = build_model(args.batch)
-    print(f"model: {name}; batch {args.batch} x {SHAPE}, classifier-free guidance in one call")
-    model_fn = make_guided(module)
-    recompile_check(model_fn, params, args.batch)
-    step_overhead(model_fn, params, args.batch, args.rounds)
-    compile_times(model_fn, params, args.compile_batch, args.compile_repeats)
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
+        f"loadavg at start {os.getloadavg()[0]:.2f}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+    )  # noqa: E501
+    if parts & {"i", "ii", "iii"}:
+        module, params, name = build_model(args.batch)
+        print(f"model: {name}; batch {args.batch} x {SHAPE}, classifier-free guidance in one call")
+        model_fn = make_guided(module)
+        if "ii" in parts:
+            recompile_check(model_fn, params, args.batch)
+        if "iii" in parts:
+            step_overhead(model_fn, params, args.batch, args.rounds)
+        if "i" in parts:
+            compile_times(model_fn, params, args.compile_batch, args.compile_repeats)
+    if "iv" in parts:
+        batches = [int(b) for b in args.matrix_batches.split(",")]
+        overhead_matrix(batches, args.matrix_rounds)
     print(f"\ntotal {time.perf_counter() - start:.0f} s, loadavg at end {os.getloadavg()[0]:.2f}")
 
 
