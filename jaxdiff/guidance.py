@@ -3,7 +3,7 @@ guidance by a classifier or any differentiable score (Dhariwal & Nichol 2021).""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -105,6 +105,7 @@ def gradient_guidance(
     scale: Any = 1.0,
     x0_based: bool = False,
     learned_variance: bool = False,
+    score_only: Sequence[str] = (),
 ) -> ModelFn:
     """Guide a model by the gradient of a differentiable score of x_t (or of its x_0).
 
@@ -131,6 +132,9 @@ def gradient_guidance(
       scale: the guidance scale s, scalar or [B].
       x0_based: score the predicted x_0 rather than x_t.
       learned_variance: the output holds twice x's channels; guide the mean half only.
+      score_only: condition names that only ``score_fn`` receives (e.g. the target labels
+        of classifier guidance of an unconditional model); every other condition goes to
+        both.
 
     Returns:
       The guided model function, with the signature of ``model_fn``.
@@ -143,6 +147,8 @@ def gradient_guidance(
 
     def guided(x: jax.Array, t: jax.Array, **cond: Any) -> jax.Array:
         s = jnp.asarray(cond.pop("gradient_scale", scale), jnp.float32)
+        score_cond = dict(cond)
+        cond = {k: v for k, v in cond.items() if k not in score_only}
         alpha = expand(schedule.alpha(t), x)
         sigma = expand(schedule.sigma(t), x)
 
@@ -158,12 +164,12 @@ def gradient_guidance(
             def objective(z):
                 mean, var = split(model_fn(z, t, **cond))
                 x0, _ = to_x0_eps(mean, z, alpha, sigma, prediction_type)
-                return jnp.sum(score_fn(x0, t, **cond)), (mean, var)
+                return jnp.sum(score_fn(x0, t, **score_cond)), (mean, var)
 
             g, (mean, var) = jax.grad(objective, has_aux=True)(x)
         else:
             mean, var = split(model_fn(x, t, **cond))
-            g = jax.grad(lambda z: jnp.sum(score_fn(z, t, **cond)))(x)
+            g = jax.grad(lambda z: jnp.sum(score_fn(z, t, **score_cond)))(x)
         s = expand(s, x)
         if prediction_type == "epsilon":
             mean = mean - s * sigma * g
@@ -184,10 +190,15 @@ def classifier_guidance(
     prediction_type: str = "epsilon",
     scale: Any = 1.0,
     learned_variance: bool = False,
+    label_key: str = "labels",
+    conditional_model: bool = False,
 ) -> ModelFn:
     """Classifier guidance (Dhariwal & Nichol 2021): :func:`gradient_guidance` with the
-    noisy classifier's ``log_prob_fn(x_t, t, **cond) -> log p(y | x_t) [B]`` (the labels
-    travel in ``cond``)."""
+    noisy classifier's ``log_prob_fn(x_t, t, **cond) -> log p(y | x_t) [B]``.
+
+    The target classes travel in the condition ``label_key``; they reach the model too only
+    with ``conditional_model`` (ADM guides its class-conditional model as well).
+    """
     return gradient_guidance(
         model_fn,
         log_prob_fn,
@@ -195,4 +206,5 @@ def classifier_guidance(
         prediction_type=prediction_type,
         scale=scale,
         learned_variance=learned_variance,
+        score_only=() if conditional_model else (label_key,),
     )

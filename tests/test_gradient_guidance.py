@@ -69,7 +69,7 @@ def test_scale_one_is_the_class_conditional_model_for_every_prediction_type(pred
     x = jax.random.normal(jax.random.key(0), (64, 2)) * 2.0
     t = jax.random.uniform(jax.random.key(1), (64,), minval=20.0, maxval=980.0)
     labels = jax.random.randint(jax.random.key(2), (64,), 0, 3)
-    model = in_prediction_type(lambda x, t, labels: eps_mixture(x, t), prediction_type)
+    model = in_prediction_type(eps_mixture, prediction_type)  # unconditional
     guided = jax.jit(
         classifier_guidance(
             model, log_prob, schedule=SCHEDULE, prediction_type=prediction_type, scale=1.0
@@ -86,9 +86,7 @@ def test_scale_one_is_the_class_conditional_model_for_every_prediction_type(pred
 def test_guided_samples_follow_the_class_conditional_distribution():
     n, k = 2000, 1
     labels = jnp.full((n,), k)
-    guided = classifier_guidance(
-        lambda x, t, labels: eps_mixture(x, t), log_prob, schedule=SCHEDULE
-    )
+    guided = classifier_guidance(eps_mixture, log_prob, schedule=SCHEDULE)
 
     @jax.jit
     def draw(noise, scale):
@@ -139,3 +137,19 @@ def test_learned_variance_keeps_the_variance_half():
     np.testing.assert_allclose(got[..., 3:], out[..., 3:])
     sigma = SCHEDULE.sigma(t)[:, None, None, None]
     np.testing.assert_allclose(got[..., :3], 0.1 - sigma * 1.0 + 0 * x, rtol=1e-6)
+
+
+def test_labels_reach_a_conditional_model_only_when_asked():
+    seen = []
+
+    def conditional(x, t, labels):
+        seen.append(labels.shape)
+        return eps_mixture(x, t)
+
+    x, t, labels = jnp.ones((2, 2)), jnp.array([100.0, 200.0]), jnp.array([0, 1])
+    classifier_guidance(conditional, log_prob, schedule=SCHEDULE, conditional_model=True)(
+        x, t, labels=labels
+    )
+    assert seen == [(2,)]
+    with pytest.raises(TypeError, match="labels"):
+        classifier_guidance(conditional, log_prob, schedule=SCHEDULE)(x, t, labels=labels)

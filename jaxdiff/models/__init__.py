@@ -3,6 +3,7 @@ T5), and checkpoint conversion (diffusers and transformers layouts)."""
 
 from jaxdiff.models.attention import dot_product_attention, flash_attention
 from jaxdiff.models.autoencoder import AutoencoderKL, DiagonalGaussian
+from jaxdiff.models.classifier import NoisyClassifier
 from jaxdiff.models.clip import CLIPTextModel, CLIPTextModelWithProjection
 from jaxdiff.models.convert import (
     export_diffusers_unet,
@@ -35,6 +36,7 @@ __all__ = [
     "DDPM_CIFAR10",
     "DIGITS",
     "DiagonalGaussian",
+    "NoisyClassifier",
     "SUPPORTED_ARCHITECTURES",
     "T5EncoderModel",
     "TINY",

@@ -1,6 +1,7 @@
 """Training engine: train state, pure train step, optimizer, EMA, sharding, checkpoints, loop."""
 
 from jaxdiff.training.checkpoint import Checkpointer, Restored, abstract_like, with_shardings
+from jaxdiff.training.classifier_objective import classifier_log_prob, make_classifier_loss_fn
 from jaxdiff.training.ema import ema_decay_schedule, ema_update
 from jaxdiff.training.loop import LoopResult, NonFiniteLossError, train_loop
 from jaxdiff.training.objective import make_diffusion_loss_fn
@@ -45,6 +46,8 @@ __all__ = [
     "ema_decay_schedule",
     "ema_update",
     "example_keys",
+    "classifier_log_prob",
+    "make_classifier_loss_fn",
     "make_diffusion_loss_fn",
     "make_init_fn",
     "make_lr_schedule",
