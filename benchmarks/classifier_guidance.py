@@ -40,7 +40,7 @@ def train_unconditional(workdir: str) -> float:
     logging.set_verbosity(logging.WARNING)
     config = default_config.get_config()
     config.model.kwargs.num_classes = 0
-    config.diffusion.cond_drop_prob = 0.0
+    config.train.cond_drop_prob = 0.0
     start = time.perf_counter()
     train_and_evaluate(config, workdir)
     return time.perf_counter() - start
