@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 # Dormand-Prince 5(4) tableau.
@@ -64,27 +65,51 @@ def _rms(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.mean(jnp.square(x)))
 
 
-def _initial_step(f, t0, y0, f0, direction, length, rtol, atol):
-    """Hairer et al.'s starting step (scipy's ``select_initial_step``, order 4): 1 evaluation."""
+def _start(f, t0, y0, direction, length, rtol, atol):
+    """(f(t0, y0), the starting step): Hairer et al.'s rule (scipy's ``select_initial_step``,
+    order 4). Its two evaluations share one traced call of f (a two-iteration loop)."""
     scale = atol + jnp.abs(y0) * rtol
-    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
-    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.maximum(d1, 1e-30))
-    h0 = jnp.minimum(h0, length)
-    f1 = f(t0 + direction * h0, y0 + direction * h0 * f0)
-    d2 = _rms((f1 - f0) / scale) / h0
+    d0 = _rms(y0 / scale)
+
+    def guess(f0):
+        d1 = _rms(f0 / scale)
+        h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.maximum(d1, 1e-30))
+        return jnp.minimum(h0, length), d1
+
+    def evaluate(i, fs):
+        h0 = guess(fs[0])[0] * i  # i = 0: f at (t0, y0); i = 1: at the trial point
+        return fs.at[i].set(f(t0 + direction * h0, y0 + direction * h0 * fs[0]))
+
+    fs = jax.lax.fori_loop(0, 2, evaluate, jnp.zeros((2, y0.shape[0]), y0.dtype))
+    h0, d1 = guess(fs[0])
+    d2 = _rms((fs[1] - fs[0]) / scale) / h0
     big = jnp.maximum(d1, d2)
     h1 = jnp.where(
         big <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3), (0.01 / jnp.maximum(big, 1e-30)) ** 0.2
     )
-    return jnp.minimum(jnp.minimum(100 * h0, h1), length)
+    return fs[0], jnp.minimum(jnp.minimum(100 * h0, h1), length)
 
 
-def _stages(f, t, y, f_t, h):
-    k = [f_t]
-    for c, a in zip(_C[1:], _A[1:], strict=True):
-        k.append(f(t + c * h, y + h * sum(ai * ki for ai, ki in zip(a, k, strict=False))))
-    y_new = y + h * sum(b * ki for b, ki in zip(_B, k, strict=True))
-    return y_new, k
+def _tableau(dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(A [7, 7], C [7], E [7]): the seventh row of A is the fifth-order weights, so the last
+    stage is f at the new point."""
+    a = np.zeros((7, 7))
+    for i, row in enumerate([*_A, _B]):
+        a[i, : len(row)] = row
+    return jnp.asarray(a, dtype), jnp.asarray([*_C, 1.0], dtype), jnp.asarray(_E, dtype)
+
+
+def _stages(f, t, y, f_t, h, tableau):
+    """All seven stages (k_7 = f(t + h, y_new)) with one traced call of f inside a loop, so a
+    large vector field (a U-Net) is traced and compiled once, not seven times."""
+    a, c, _ = tableau
+
+    def stage(i, k):
+        return k.at[i].set(f(t + c[i] * h, y + h * (a[i] @ k)))
+
+    k = jnp.zeros((7, y.shape[0]), y.dtype).at[0].set(f_t)
+    k = jax.lax.fori_loop(1, 7, stage, k)
+    return y + h * (a[6] @ k), k
 
 
 def dormand_prince(
@@ -121,9 +146,9 @@ def dormand_prince(
     t0, t1 = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
     direction = jnp.where(t1 >= t0, 1.0, -1.0).astype(dtype)
     length = jnp.abs(t1 - t0)
-    f0 = f(t0, flat0)
-    h_abs = _initial_step(f, t0, flat0, f0, direction, length, rtol, atol)
+    f0, h_abs = _start(f, t0, flat0, direction, length, rtol, atol)
     eps = jnp.finfo(dtype).eps
+    tableau = _tableau(dtype)
 
     def cond(state):
         t, _, _, _, _, attempts, *_ = state
@@ -135,11 +160,10 @@ def dormand_prince(
         t_new = t + direction * h_abs
         t_new = jnp.where(direction * (t_new - t1) > 0, t1, t_new)
         h = t_new - t
-        y_new, k = _stages(f, t, y, f_t, h)
-        f_new = f(t_new, y_new)
+        y_new, k = _stages(f, t, y, f_t, h, tableau)
+        f_new = k[6]
         scale = atol + jnp.maximum(jnp.abs(y), jnp.abs(y_new)) * rtol
-        err = sum(e * ki for e, ki in zip(_E, [*k, f_new], strict=True))
-        err_norm = _rms(h * err / scale)
+        err_norm = _rms(h * (tableau[2] @ k) / scale)
         accept = err_norm < 1.0
         grow = jnp.where(err_norm == 0, _MAX_FACTOR, _SAFETY * jnp.maximum(err_norm, 1e-30) ** -0.2)
         grow = jnp.minimum(_MAX_FACTOR, grow)
