@@ -15,7 +15,9 @@ bisection on its logSNR). Along a solution, d log p(y(u)) / du = -div v, so
 
 (the two D log alpha terms change variables between x and y). The divergence is estimated by
 Hutchinson's trace estimator with one Rademacher (or Gaussian) probe per example held fixed
-along the path, or computed exactly from D Jacobian-vector products (small D only).
+along the path, or computed exactly from the D rows of the Jacobian (one forward and D
+vector-Jacobian products; small D only). Reverse mode throughout: the U-Net's fused ops define
+custom VJPs and have no forward-mode rule.
 
 Discrete data (``num_bins`` levels on the grid -1 + 2i / (num_bins - 1), as jaxdiff's data
 pipeline maps pixels) is uniformly dequantised around each grid value, x + U(-d/2, d/2) with
@@ -156,7 +158,7 @@ def ode_bits_per_dim(
       schedule: the model's schedule (discrete or continuous).
       prediction_type: "epsilon", "sample" or "v_prediction".
       num_bins: levels of the discrete data (256 for 8-bit images); None for continuous data.
-      divergence: "hutchinson" (one probe per example) or "exact" (D JVPs: small D only).
+      divergence: "hutchinson" (one probe per example) or "exact" (D VJPs: small D only).
       probe: Hutchinson probe distribution, "rademacher" or "gaussian".
       t_range: (t_0, t_T) in the schedule's time; default `default_time_range`.
       rtol: relative tolerance of the RK45 solver (score_sde uses 1e-5).
@@ -187,7 +189,7 @@ def ode_bits_per_dim(
         k = jnp.exp(u)
         a = jax.lax.rsqrt(1.0 + k * k)
         x_t = (a * y)[None]
-        out = model_fn(x_t, time_of_k(k)[None], **cond1)
+        out = model_fn(x_t, time_of_k(k)[None], **jax.tree.map(lambda c: c[None], cond1))
         _, eps = diffusion.to_x0_eps(out.astype(jnp.float32), x_t, a, k * a, prediction_type)
         return k * eps[0]
 
@@ -198,16 +200,15 @@ def ode_bits_per_dim(
         eps = (_rademacher if probe == "rademacher" else jax.random.normal)(k_probe, shape)
 
         def field(u, state):
+            # Reverse mode: jaxdiff's U-Net ops have custom VJPs, which forbid jvp.
             y, _ = state
-            g = lambda z: velocity(u, z, cond1)  # noqa: E731
-            if divergence == "exact":
+            v, vjp = jax.vjp(lambda z: velocity(u, z, cond1), y)
+            if divergence == "exact":  # trace from the D rows e_i^T J (one forward pass)
                 basis = jnp.eye(dim, dtype=jnp.float32).reshape(dim, *shape)
-                v = g(y)
-                cols = jax.vmap(lambda e: jax.jvp(g, (y,), (e,))[1])(basis)
-                div = jnp.trace(cols.reshape(dim, dim))
-            else:
-                v, jv = jax.jvp(g, (y,), (eps,))
-                div = jnp.sum(jv * eps)
+                rows = jax.vmap(lambda e: vjp(e)[0])(basis)
+                div = jnp.trace(rows.reshape(dim, dim))
+            else:  # Hutchinson: eps^T J eps
+                div = jnp.sum(vjp(eps)[0] * eps)
             return v, div
 
         state0 = (x1 / alpha0, jnp.zeros((), jnp.float32))
