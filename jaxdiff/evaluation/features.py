@@ -21,13 +21,15 @@ from jaxdiff.evaluation.stats import FeatureStatistics, warn_if_singular
 _RANGE_SLACK = 1e-3  # float round-off at the ends of the range
 
 
-def to_unit_range(images: Any, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
-    """Validated float32 NHWC RGB images in [0, 1].
+def to_unit_range(
+    images: Any, value_range: tuple[float, float] = (0.0, 1.0), *, rgb: bool = True
+) -> np.ndarray:
+    """Validated float32 NHWC images in [0, 1].
 
     Args:
-      images: [N, H, W, 3] (or [N, H, W, 1], repeated to RGB); uint8 in [0, 255] or floats in
-        ``value_range``.
+      images: [N, H, W, 3] or [N, H, W, 1]; uint8 in [0, 255] or floats in ``value_range``.
       value_range: the (low, high) range of float images, mapped to [0, 1].
+      rgb: repeat 1-channel images to 3 channels (as feature networks need).
 
     Raises:
       ValueError: for another rank or channel count (NCHW is named), an empty batch, values
@@ -40,7 +42,7 @@ def to_unit_range(images: Any, value_range: tuple[float, float] = (0.0, 1.0)) ->
         raise ValueError(f"images must be [N, H, W, 3] or [N, H, W, 1]; got shape {x.shape}{hint}.")
     if len(x) == 0:
         raise ValueError("images is empty.")
-    if x.shape[-1] == 1:
+    if rgb and x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
     if x.dtype == np.uint8:
         return x.astype(np.float32) / np.float32(255.0)
