@@ -109,7 +109,7 @@ def _features_or_stats(args, ext, path: str, need_features: bool) -> dict[str, A
             raise SystemExit(f"{path} holds statistics (mu, sigma); KID and precision/recall "
                              "need images.")  # fmt: skip
         mu, sigma, n = load_statistics(path)
-        return {"mu": mu, "sigma": sigma, "n": n, "features": None}
+        return {"mu": mu, "sigma": sigma, "n": n, "features": None, "checked": n is None}
     images = image_io.open_images(path, args.value_range)
     batches = images.batches(ext.batch_size)
     kw = dict(value_range=images.value_range, progress=not args.no_progress,
@@ -117,9 +117,10 @@ def _features_or_stats(args, ext, path: str, need_features: bool) -> dict[str, A
     if need_features:
         feats = np.concatenate(list(ext.batches(batches, **kw)))
         stats = FeatureStatistics().update(feats)
-    else:
+    else:  # streamed; warns itself when singular
         feats, stats = None, ext.statistics(batches, **kw)
-    return {"mu": stats.mean, "sigma": stats.covariance, "n": stats.num_samples, "features": feats}
+    return {"mu": stats.mean, "sigma": stats.covariance, "n": stats.num_samples,
+            "features": feats, "checked": feats is None}  # fmt: skip
 
 
 def _pair(args) -> dict[str, Any]:
@@ -137,7 +138,7 @@ def _pair(args) -> dict[str, Any]:
     out = {"real": args.real, "fake": args.fake, "num_real": real["n"], "num_fake": fake["n"]}
     if args.command in ("fid", "all"):
         for side, name in ((real, "real"), (fake, "fake")):
-            if side["n"] is not None:
+            if not side["checked"]:
                 warn_if_singular(side["n"], len(side["mu"]), f"the {name} images")
         out["fid"] = gaussian_frechet_distance(real["mu"], real["sigma"], fake["mu"], fake["sigma"])
     if args.command in ("kid", "all"):
