@@ -39,6 +39,7 @@ def main(argv=None):
     p.add_argument("--methods", default="ode,vlb")
     p.add_argument("--divergence", default="hutchinson", choices=("hutchinson", "exact"))
     p.add_argument("--labels", default="null", choices=("null", "data"))
+    p.add_argument("--variance_type", default="fixed_small", choices=("fixed_small", "fixed_large"))
     p.add_argument("--num_examples", type=int, default=None)
     p.add_argument("--batch_size", type=int, default=297)
     p.add_argument("--out", default=None, help="JSON (default <workdir>/eval_bpd.json)")
@@ -50,7 +51,8 @@ def main(argv=None):
         test_digits(data)
         argv = ["bpd", "--workdir", args.workdir, "--data", data, "--num_bins", "17",
                 "--methods", args.methods, "--divergence", args.divergence, "--labels",
-                args.labels, "--batch_size", str(args.batch_size),
+                args.labels, "--variance_type", args.variance_type,
+                "--batch_size", str(args.batch_size),
                 "--out", args.out or os.path.join(args.workdir, "eval_bpd.json")]  # fmt: skip
         if args.num_examples:
             argv += ["--num_examples", str(args.num_examples)]

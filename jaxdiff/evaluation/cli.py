@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--methods", default="ode,vlb", help="comma list of ode, vlb")
     q.add_argument("--num_examples", type=int, default=None, help="first N images only")
     q.add_argument("--divergence", default="hutchinson", choices=("hutchinson", "exact"))
+    q.add_argument("--variance_type", default="fixed_small",
+                   choices=("fixed_small", "fixed_large", "learned_range"),
+                   help="reverse variance of the VLB")  # fmt: skip
     q.add_argument("--rtol", type=float, default=1e-5, help="ODE solver relative tolerance")
     q.add_argument("--atol", type=float, default=1e-5, help="ODE solver absolute tolerance")
     q.add_argument("--labels", default="null", choices=("null", "data"),

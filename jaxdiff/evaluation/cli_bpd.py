@@ -91,10 +91,12 @@ def bits_per_dim(args: argparse.Namespace) -> dict[str, Any]:
             parts.append(vlb_bits_per_dim(apply, x[i:j], jax.random.fold_in(key, 1),
                                           schedule=gen.schedule, first_index=i,
                                           prediction_type=gen.prediction_type,
-                                          num_bins=args.num_bins, **cond))  # fmt: skip
+                                          num_bins=args.num_bins,
+                                          variance_type=args.variance_type, **cond))  # fmt: skip
         vlb = np.concatenate([p.bpd for p in parts])
         out.update(vlb_bpd=float(vlb.mean()), vlb_bpd_sem=float(vlb.std() / np.sqrt(len(vlb))),
                    vlb_prior=float(np.concatenate([p.prior for p in parts]).mean()),
                    vlb_decoder=float(np.concatenate([p.decoder for p in parts]).mean()),
+                   vlb_variance_type=args.variance_type,
                    vlb_seconds=round(time.time() - start, 1))  # fmt: skip
     return out
