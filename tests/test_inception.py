@@ -8,6 +8,7 @@ list and per-tensor sums prove that both sides hold the same numbers.
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import sys
 
@@ -84,6 +85,22 @@ def test_torch_bin_reads_both_torch_save_formats(name):
     for key in want.files:
         assert out[key].dtype == want[key].dtype, key
         np.testing.assert_array_equal(out[key], want[key], err_msg=key)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo unsafe",))
+
+
+def test_torch_bin_legacy_stream_refuses_code(tmp_path):
+    """The legacy format's pickles go through the same whitelist as the zip format's."""
+    bad = tmp_path / "legacy.pth"
+    with open(bad, "wb") as f:
+        for obj in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+            pickle.dump(obj, f, protocol=2)
+        pickle.dump({"conv.weight": _Exploit()}, f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load (posix|os).system"):
+        torch_bin.load(str(bad))
 
 
 def test_torch_bin_refuses_non_checkpoints(tmp_path):

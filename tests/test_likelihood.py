@@ -142,7 +142,7 @@ def test_discrete_data_dequantised_and_discretised():
     g = Gaussian(seed=3, stds=(0.3, 0.6), rotate=False)  # diagonal: P(bin) is a product
     bins = 17
     width = 2 / (bins - 1)
-    x = np.clip(np.round((g.sample(128) + 1) / width) * width - 1, -1, 1).astype(np.float32)
+    x = np.clip(np.round((g.sample(64) + 1) / width) * width - 1, -1, 1).astype(np.float32)
     sd = np.sqrt(g.var)
     upper = np.where(x > 0.999, np.inf, (x + width / 2 - g.mean) / sd)
     lower = np.where(x < -0.999, -np.inf, (x - width / 2 - g.mean) / sd)
