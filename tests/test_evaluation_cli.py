@@ -67,6 +67,11 @@ def test_fid_kid_pr_and_stats_commands(tmp_path, stand_in, capsys):
     res2 = cli.main(["fid", "--real", str(stats), "--fake", npz, "--out", str(tmp_path / "f.json"),
                      "--no_progress"])  # fmt: skip
     assert res2["fid"] == pytest.approx(res["fid"], rel=1e-9)
+    cache = tmp_path / "cache.npz"
+    for real in (folder, "gone/"):  # computed and written, then read back (images unused)
+        res3 = cli.main(["fid", "--real", real, "--fake", npz, "--real_stats_cache", str(cache),
+                         "--out", str(tmp_path / "f.json"), "--no_progress"])  # fmt: skip
+        assert res3["fid"] == pytest.approx(res["fid"], rel=1e-9) and cache.exists()
     with pytest.raises(SystemExit, match="KID and precision/recall need images"):
         cli.main(["kid", "--real", str(stats), "--fake", npz, "--out", str(tmp_path / "k.json")])
 

@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     }
     for name, text in commands.items():
         q = sub.add_parser(name, help=text, parents=[common, inception, pair])
+        if name == "fid":
+            q.add_argument("--real_stats_cache", help="statistics .npz of --real: read if it "
+                           "exists, else written after computing them")  # fmt: skip
         if name in ("kid", "all"):
             q.add_argument("--kid_subsets", type=int, default=100)
             q.add_argument("--kid_subset_size", type=int, default=1000)
@@ -132,11 +135,18 @@ def _pair(args) -> dict[str, Any]:
         kernel_inception_distance,
     )
     from jaxdiff.evaluation.precision_recall import precision_recall
-    from jaxdiff.evaluation.stats import warn_if_singular
+    from jaxdiff.evaluation.stats import save_statistics, warn_if_singular
 
     need = args.command in ("kid", "pr", "all")
     ext = _extractor(args)
-    real = _features_or_stats(args, ext, args.real, need)
+    cache = getattr(args, "real_stats_cache", None)
+    if cache and os.path.isfile(cache):
+        print(f"FID statistics of the real images from {cache}")
+        real = _features_or_stats(args, ext, cache, False)
+    else:
+        real = _features_or_stats(args, ext, args.real, need)
+        if cache:
+            save_statistics(cache, real["mu"], real["sigma"], real["n"])
     fake = _features_or_stats(args, ext, args.fake, need)
     out = {"real": args.real, "fake": args.fake, "num_real": real["n"], "num_fake": fake["n"]}
     if args.command in ("fid", "all"):
