@@ -126,7 +126,9 @@ class ClipScorer:
         self._run = DataParallel(cosine, batch_size=batch_size, devices=devices)
         self._params = self._run.replicate(params)
 
-    def pixel_values(self, images: Any, value_range: tuple[float, float] = (0.0, 1.0)):
+    def pixel_values(
+        self, images: Any, value_range: tuple[float, float] = (0.0, 1.0)
+    ) -> np.ndarray:
         """Images -> CLIP pixel values (see `preprocess`)."""
         return preprocess(images, value_range=value_range, **self.preprocessor)
 
@@ -145,7 +147,11 @@ class ClipScorer:
         return self.weight * np.maximum(np.concatenate(cos).astype(np.float64), 0.0)
 
     def __call__(
-        self, images: Any, prompts: Sequence[str], *, value_range=(0.0, 1.0)
+        self,
+        images: Any,
+        prompts: Sequence[str],
+        *,
+        value_range: tuple[float, float] = (0.0, 1.0),
     ) -> np.ndarray:
         """Per-pair CLIP-S [N] of images (uint8 or floats in ``value_range``) and prompts."""
         return self.scores(self.pixel_values(images, value_range), prompts)

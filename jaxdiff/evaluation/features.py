@@ -116,7 +116,13 @@ class FeatureExtractor:
                     yield self._features(chunk)
                     bar.update(len(chunk))
 
-    def __call__(self, images: Any, *, value_range=(0.0, 1.0), progress: bool = False):
+    def __call__(
+        self,
+        images: Any,
+        *,
+        value_range: tuple[float, float] = (0.0, 1.0),
+        progress: bool = False,
+    ) -> np.ndarray:
         """All features [N, D] (float64) of an image array or iterable of batches."""
         return np.concatenate(
             list(self.batches(images, value_range=value_range, progress=progress))
