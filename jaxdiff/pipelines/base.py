@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -140,11 +139,10 @@ class DiffusionPipeline:
     # Helpers of __call__.
 
     @property
-    def size_factor(self) -> int:
-        """Image height and width must be multiples of this (8, as diffusers requires, and
-        of the VAE and U-Net downsampling)."""
-        f = self.models.vae.downsampling_factor * 2 ** (len(self.models.unet.channels) - 1)
-        return math.lcm(8, f)
+    def size_factors(self) -> tuple[int, int]:
+        """(VAE, U-Net) downsampling factors: image sizes must be multiples of 8 and of their
+        product."""
+        return self.models.vae.downsampling_factor, 2 ** (len(self.models.unet.channels) - 1)
 
     def default_size(self) -> tuple[int, int]:
         """(height, width) of the U-Net's config ``sample_size`` times the VAE factor."""

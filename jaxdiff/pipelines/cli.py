@@ -59,6 +59,7 @@ def generate_images(
     height: int | None = None,
     width: int | None = None,
     progress: bool = True,
+    devices: Sequence[Any] | None = None,
 ) -> np.ndarray:
     """Generate images for ``prompts`` and write them to ``out`` (see the module docstring).
 
@@ -79,6 +80,7 @@ def generate_images(
       sampler / sampler_options: override the checkpoint's scheduler (jaxdiff names).
       height / width: text-to-image size (default: the U-Net's sample size x 8).
       progress: show a progress bar over the batches.
+      devices: devices to split each batch over (default: every local device).
 
     Returns:
       The images, float32 [N, H, W, 3] in [0, 1].
@@ -93,7 +95,7 @@ def generate_images(
     task = "inpaint" if mask is not None else "image" if image is not None else "text"
     if (sdxl, task) not in _TASKS:
         raise ValueError(f"{pipeline_dir}: inpainting is not available for SDXL pipelines.")
-    pipe = PIPELINES[_TASKS[sdxl, task]](load_models(pipeline_dir, sdxl=sdxl))
+    pipe = PIPELINES[_TASKS[sdxl, task]](load_models(pipeline_dir, sdxl=sdxl), devices=devices)
     if sampler is not None:
         pipe.set_sampler(sampler, **(sampler_options or {}))
     elif sampler_options:  # options of the checkpoint's own sampler

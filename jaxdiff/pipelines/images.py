@@ -53,11 +53,18 @@ def load_images(images: Any, channels: int = 3, what: str = "image") -> np.ndarr
     return array
 
 
-def check_size(height: int, width: int, factor: int, what: str = "height and width") -> None:
-    """Raise ValueError unless height and width are positive multiples of ``factor``."""
-    if height < 1 or width < 1 or height % factor or width % factor:
+def check_size(height: int, width: int, vae_factor: int, unet_factor: int) -> None:
+    """Raise ValueError unless height and width are positive multiples of 8 (diffusers' rule)
+    and of ``vae_factor * unet_factor`` (what the VAE and the U-Net's levels divide by)."""
+    if height < 1 or width < 1 or height % 8 or width % 8:
         raise ValueError(
-            f"{what} must be positive multiples of {factor}; got {height} and {width}."
+            f"height and width must be positive multiples of 8; got {height} and {width}."
+        )
+    factor = vae_factor * unet_factor
+    if height % factor or width % factor:
+        raise ValueError(
+            f"height and width must be multiples of {factor} (the VAE's {vae_factor} x the "
+            f"U-Net's {unet_factor}); got {height} and {width}."
         )
 
 

@@ -258,15 +258,17 @@ def blend_levels(sampler: SamplerChoice, num_steps: int, start_step: int) -> tup
     scale is read from the sampler itself: what its ``init`` multiplies a noised image by.
 
     Raises:
-      ValueError: for samplers with more than one model call per step (Heun, PNDM's
-        Runge-Kutta warm-up), whose intermediate states diffusers blends differently.
+      ValueError: for samplers with more calls than steps (Heun; PNDM, whose PLMS warm-up
+        calls the model twice at the first step), whose intermediate states diffusers blends
+        differently.
     """
     loop = sampler.loop(num_steps, start_step=start_step)
     if loop.num_model_calls != num_steps - start_step:
         raise ValueError(
-            f"inpainting with a {loop.name!r} sampler and an ordinary (4-channel) "
-            "U-Net needs one model call per step; use a one-call-per-step sampler (e.g. ddim, "
-            "pndm with skip_prk_steps, dpm_solver, euler, unipc)."
+            f"inpainting with a {loop.name!r} sampler ({loop.num_model_calls} model calls for "
+            f"{num_steps - start_step} steps) and an ordinary (4-channel) U-Net is not "
+            "supported: the known region is blended once per step; use a sampler with one "
+            "call per step (ddim, ddpm, dpm_solver, unipc, deis, euler, euler_ancestral, lcm)."
         )
     levels = []
     for k in range(start_step + 1, num_steps):

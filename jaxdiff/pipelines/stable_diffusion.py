@@ -50,7 +50,7 @@ class _SDText(DiffusionPipeline):
         return batch
 
     def _latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        images_lib.check_size(height, width, self.size_factor)
+        images_lib.check_size(height, width, *self.size_factors)
         f = self.models.vae.downsampling_factor
         return height // f, width // f, self.models.vae.latent_channels
 
