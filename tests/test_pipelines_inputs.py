@@ -189,6 +189,23 @@ def test_long_prompts_are_truncated_with_a_warning(sd, caplog):
     assert np.isfinite(images).all()
 
 
+def test_image_and_mask_inputs():
+    from PIL import Image
+
+    from jaxdiff.pipelines import images
+
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 8, 3), dtype=np.uint8)
+    np.testing.assert_allclose(images.load_images(Image.fromarray(rgb)), rgb[None] / 255.0, 1e-6)
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    from_rgb = images.load_images(rgb, channels=1)  # an RGB mask array: PIL's luma
+    np.testing.assert_allclose(from_rgb, gray[None, ..., None] / 255.0, atol=1 / 255 + 1e-6)
+    assert images.load_images([gray, gray], channels=1).shape == (2, 16, 8, 1)
+    with pytest.raises(ValueError, match="images of different sizes"):
+        images.load_images([rgb, rgb[:8]])
+    with pytest.raises(ValueError, match="got 3 entries for 2 prompt"):
+        images.per_image(np.zeros((3, 8, 8, 3)), 2, 2, "image")
+
+
 # ---------------------------------------------------------------------------------------
 # bfloat16 and the CLI.
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
+
 
 def _one(image: Any, channels: int, what: str) -> np.ndarray:
     """[B, H, W, channels] float32 in [0, 1] from one PIL image or array."""
@@ -24,6 +26,8 @@ def _one(image: Any, channels: int, what: str) -> np.ndarray:
         array = array.astype(np.float32) / 255.0
     elif not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{what}: expected floats in [0, 1] or uint8, got dtype {array.dtype}.")
+    if channels == 1 and array.ndim in (3, 4) and array.shape[-1] == 3:
+        array = array @ np.asarray(_LUMA, np.float32)  # RGB masks: PIL's "L" conversion
     if channels == 1 and array.ndim in (2, 3) and (array.ndim == 2 or array.shape[-1] != 1):
         array = array[..., None]  # [H, W] or [B, H, W] masks
     if array.ndim == 3:
