@@ -15,58 +15,17 @@ import os
 import jax
 import numpy as np
 import pytest
+from pipeline_helpers import CASES, DATA, FIXTURES, case_call, case_pipeline, load
 
 from jaxdiff import pipelines
 from jaxdiff.pipelines import program
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pipelines")
 TOLERANCE = 1e-3
-with open(os.path.join(FIXTURES, "cases.json")) as f:
-    CASES = json.load(f)
-DATA = np.load(os.path.join(FIXTURES, "cases.npz"))
-_NOISE = {"image": "image", "mask": "mask_image", "image_noise": "image_noise",
-          "masked_image_noise": "masked_image_noise"}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    """One-device pipelines of the fixture directories, loaded once."""
-    cache = {}
-
-    def get(name, devices=1):
-        if (name, devices) not in cache:
-            path = os.path.join(FIXTURES, name)
-            cache[name, devices] = pipelines.load_pipeline(path, devices=jax.devices()[:devices])
-        return cache[name, devices]
-
-    return get
-
-
-def case_pipeline(loaded, case, devices=1):
-    spec = CASES[case]
-    pipe = pipelines.PIPELINES[spec["class"]].from_pipe(loaded(spec["pipeline"], devices))
-    pipe.set_scheduler(pipelines.sampler_from_config(spec["scheduler"]))
-    return pipe
-
-
-def case_call(case):
-    """(prompt, keyword arguments) of a case, with diffusers' recorded noise."""
-    kw = dict(CASES[case]["kwargs"])
-    prompt = kw.pop("prompt")
-    for key in ("crops_coords_top_left", "original_size"):
-        if key in kw:
-            kw[key] = tuple(kw[key])
-    if "Inpaint" in CASES[case]["class"]:  # the output size is the image's
-        kw.pop("height"), kw.pop("width")
-    for name, arg in _NOISE.items():
-        if f"{case}/{name}" in DATA.files:
-            kw[arg] = DATA[f"{case}/{name}"]
-    return prompt, {**kw, "latents": DATA[f"{case}/latents"]}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_parity_with_diffusers(loaded, case):
-    pipe = case_pipeline(loaded, case)
+def test_parity_with_diffusers(case):
+    pipe = case_pipeline(case)
     prompt, kw = case_call(case)
     images = pipe(prompt, **kw)
     ref = DATA[f"{case}/images"]
@@ -75,26 +34,19 @@ def test_parity_with_diffusers(loaded, case):
     assert err <= TOLERANCE, f"{case}: max |jaxdiff - diffusers| = {err:.2e}"
 
 
-def test_sdxl_unet_added_conditioning():
-    io = np.load(os.path.join(FIXTURES, "sdxl", "unet_io.npz"))
-    from jaxdiff.models import load_diffusers_unet
-
-    unet, params = load_diffusers_unet(os.path.join(FIXTURES, "sdxl", "unet"))
-    inputs = [io[k] for k in ("x", "t", "context", "text_embeds", "time_ids")]
-
-    def run(params, x, t, context, text_embeds, time_ids):
-        return unet.apply({"params": params}, x, t, context=context, text_embeds=text_embeds,
-                          time_ids=time_ids)  # fmt: skip
-
-    out = jax.jit(run)(params, *inputs)
-    err = np.abs(np.asarray(out) - io["out"]).max() / io["out"].std()
-    assert err <= 1e-4, f"max |jaxdiff - diffusers| / std = {err:.2e}"
+def test_sdxl_unet_needs_its_added_conditioning():
+    """(Its numbers are checked through the SDXL cases above.)"""
+    sdxl = load("sdxl").models
+    x, t, context = np.zeros((1, 4, 4, 4)), np.zeros(1), np.zeros((1, 3, 32))
     with pytest.raises(ValueError, match="needs text_embeds and time_ids"):
-        unet.apply({"params": params}, io["x"], io["t"], context=io["context"])
+        sdxl.unet.apply({"params": sdxl.unet_params}, x, t, context=context)
+    with pytest.raises(ValueError, match="with P . M x 4 = addition_embed_dim 32"):
+        sdxl.unet.apply({"params": sdxl.unet_params}, x, t, context=context,
+                        text_embeds=np.zeros((1, 8)), time_ids=np.zeros((1, 5)))  # fmt: skip
 
 
-def test_changing_prompts_scale_and_seed_does_not_recompile(loaded):
-    pipe = case_pipeline(loaded, "sd_ddim")
+def test_changing_prompts_scale_and_seed_does_not_recompile():
+    pipe = case_pipeline("sd_ddim")
     kw = dict(num_inference_steps=4, height=32, width=32)
     first = pipe("a photo of a cat", guidance_scale=5.0, seed=0, **kw)
     size = program.generate._cache_size()
@@ -114,13 +66,13 @@ def test_changing_prompts_scale_and_seed_does_not_recompile(loaded):
     assert program.generate._cache_size() == size
 
 
-def test_eight_devices_give_one_devices_images(loaded):
+def test_eight_devices_give_one_devices_images():
     """Sharded over 8 devices (2 images padded to 8) = one device; image i of seed s depends
     only on (s, i) and its prompt, not on the batch; a seed list gives image i (s_i, 0)."""
     prompts = ["a photo of a cat", "a red car on a road"]
     kw = dict(num_inference_steps=6, height=48, width=32, guidance_scale=6.0)  # as sd_dpm
-    one = case_pipeline(loaded, "sd_dpm", devices=1)
-    eight = case_pipeline(loaded, "sd_dpm", devices=8)
+    one = case_pipeline("sd_dpm", devices=1)
+    eight = case_pipeline("sd_dpm", devices=8)
     kernel = eight.params["unet"]["conv_in"]["kernel"]
     assert len(kernel.sharding.device_set) == 8 and kernel.sharding.is_fully_replicated
     a, b = one(prompts, seed=11, **kw), eight(prompts, seed=11, **kw)
@@ -131,8 +83,8 @@ def test_eight_devices_give_one_devices_images(loaded):
     assert np.abs(listed[0] - b[1]).max() > 1e-3  # (12, 0) is not (11, 1)
 
 
-def test_pipelines_share_weights_without_copies(loaded):
-    base = loaded("sd")
+def test_pipelines_share_weights_without_copies():
+    base = load("sd")
     img2img = pipelines.StableDiffusionImg2ImgPipeline.from_pipe(base)
     inpaint = pipelines.StableDiffusionInpaintPipeline.from_pipe(base)
     for pipe in (img2img, inpaint):
@@ -142,9 +94,9 @@ def test_pipelines_share_weights_without_copies(loaded):
     assert img2img.params is base.params
 
 
-def test_save_pretrained_round_trip(loaded, tmp_path):
+def test_save_pretrained_round_trip(tmp_path):
     case = "sdxl"
-    pipe = case_pipeline(loaded, case)
+    pipe = case_pipeline(case)
     pipe.save_pretrained(tmp_path)
     index = json.load(open(tmp_path / "model_index.json"))
     assert index["_class_name"] == "StableDiffusionXLPipeline"
@@ -156,12 +108,12 @@ def test_save_pretrained_round_trip(loaded, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["sd_v", "sdxl", "inpaint", "sd_dpm_named"])
-def test_saved_directories_load_in_diffusers(loaded, case):
+def test_saved_directories_load_in_diffusers(case):
     """check_export.py loaded jaxdiff's save_pretrained output with diffusers 0.39 and ran it
     with the case's noise; jaxdiff's images of the original directory must match those."""
     exported = np.load(os.path.join(FIXTURES, "export.npz"))
     base = case.removesuffix("_named")
-    pipe = case_pipeline(loaded, base)
+    pipe = case_pipeline(base)
     if case.endswith("_named"):  # a sampler chosen by jaxdiff name, written as its class
         pipe.set_sampler("dpm_solver", **dict(pipe.scheduler.options))
     prompt, kw = case_call(base)

@@ -11,18 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pipeline_helpers import CASES, DATA, FIXTURES, load
 
 from jaxdiff import pipelines
 from jaxdiff.pipelines import cli, program
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pipelines")
-CASES = json.load(open(os.path.join(FIXTURES, "cases.json")))
-DATA = np.load(os.path.join(FIXTURES, "cases.npz"))
-
 
 @pytest.fixture(scope="module")
 def sd():
-    return pipelines.load_pipeline(os.path.join(FIXTURES, "sd"), devices=jax.devices()[:1])
+    return load("sd")
 
 
 def _copy(tmp_path, name="sd"):
@@ -131,10 +128,12 @@ def test_unsupported_directory_contents_are_named(tmp_path):
         pipelines.load_pipeline(path)
 
 
-def test_nine_channel_unet_needs_the_inpainting_pipeline():
-    path = os.path.join(FIXTURES, "sd_inpaint")
+def test_nine_channel_unet_needs_the_inpainting_pipeline(sd):
+    params = dict(sd.models.unet_params, conv_in={"kernel": np.zeros((3, 3, 9, 8)), "bias": 0})
+    nine = sd.models.replace(unet_params=params)
     with pytest.raises(ValueError, match="takes 9 .an inpainting U-Net"):
-        pipelines.StableDiffusionPipeline.from_pretrained(path, devices=jax.devices()[:1])
+        pipelines.StableDiffusionPipeline(nine, devices=jax.devices()[:1])
+    assert pipelines.StableDiffusionInpaintPipeline.unet_channels == (4, 9)
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,6 +171,15 @@ def test_bad_arguments_are_refused_before_compiling(sd):
     with pytest.raises(ValueError, match="values must lie in"):
         img2img("a cat", image * 2)
     assert program.generate._cache_size() == size
+
+
+def test_sdxl_time_ids_must_fit_the_unet():
+    base = load("sdxl")
+    refiner_like = base.models.replace(settings={**base.models.settings,
+                                                 "requires_aesthetics_score": True})  # fmt: skip
+    pipe = pipelines.StableDiffusionXLImg2ImgPipeline(refiner_like, devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="width 32 but 5 time ids x 4 . projection_dim 8 = 28"):
+        pipe("a cat", DATA["sdxl_img2img/image"][:1], num_inference_steps=5)
 
 
 def test_long_prompts_are_truncated_with_a_warning(sd, caplog):

@@ -194,7 +194,7 @@ class DiffusionPipeline:
         start_step: int = 0,
         clip_skip=None,
         blend=None,
-        eta: float = 0.0,
+        eta: float | None = None,
         output_type: str = "np",
     ):
         """Run the compiled program on per-image host arrays; returns the output_type."""
@@ -219,6 +219,8 @@ class DiffusionPipeline:
         pad = -count % self.mesh.size
         padded = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), batch)
         placed = jax.device_put(padded, NamedSharding(self.mesh, P(program.AXIS)))
+        if eta is None:  # the sampler's own option (set_sampler("ddim", eta=...)), else 0
+            eta = dict(self.scheduler.options).get("eta", 0.0)
         scalars = {"eta": jnp.float32(eta)}
         out = np.asarray(program.generate(prog, self.params, scalars, placed))[:count]
         return images_lib.to_pil(out) if output_type == "pil" else out

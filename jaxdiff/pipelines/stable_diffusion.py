@@ -84,7 +84,7 @@ class StableDiffusionPipeline(_SDText):
         num_images_per_prompt: int = 1,
         seed: int | Sequence[int] = 0,
         latents: np.ndarray | None = None,
-        eta: float = 0.0,
+        eta: float | None = None,
         output_type: str = "np",
         clip_skip: int | None = None,
     ):
@@ -101,7 +101,8 @@ class StableDiffusionPipeline(_SDText):
           num_images_per_prompt: images per prompt (images of a prompt are consecutive).
           seed: an int (image i uses (seed, i)) or one int per image.
           latents: the initial noise [B, H / 8, W / 8, 4] instead of drawing it.
-          eta: DDIM's eta (traced; ignored by other samplers, as in diffusers).
+          eta: DDIM's eta (traced; default: the sampler's option, else 0; ignored by other
+            samplers, as in diffusers).
           output_type: "np" (float32 [B, H, W, 3] in [0, 1]), "pil" or "latent".
           clip_skip: use the text encoder's layer clip_skip + 1 from the end.
 
@@ -148,7 +149,7 @@ class StableDiffusionImg2ImgPipeline(_SDText):
         seed: int | Sequence[int] = 0,
         latents: np.ndarray | None = None,
         image_noise: np.ndarray | None = None,
-        eta: float = 0.0,
+        eta: float | None = None,
         output_type: str = "np",
         clip_skip: int | None = None,
     ):
@@ -215,7 +216,7 @@ class StableDiffusionInpaintPipeline(_SDText):
         latents: np.ndarray | None = None,
         image_noise: np.ndarray | None = None,
         masked_image_noise: np.ndarray | None = None,
-        eta: float = 0.0,
+        eta: float | None = None,
         output_type: str = "np",
         clip_skip: int | None = None,
     ):

@@ -66,12 +66,12 @@ class _SDXLText(DiffusionPipeline):
         guidance_scale,
         guidance_rescale,
     ) -> dict:
+        self._check_time_ids(len(time_ids))
         count = len(batch["ids"][0])
         batch["seed"], batch["index"] = self._seeds(seed, count)
         batch["latents"] = self._noise(
             latents, program.NOISE, shape, batch["seed"], batch["index"], "latents"
         )
-        self._check_time_ids(len(time_ids))
         batch["time_ids"] = np.tile(np.asarray(time_ids, np.float32), (count, 1))
         batch["neg_time_ids"] = np.tile(np.asarray(neg_time_ids, np.float32), (count, 1))
         self._guidance(batch, count, guidance_scale, guidance_rescale)
@@ -122,7 +122,7 @@ class StableDiffusionXLPipeline(_SDXLText):
         num_images_per_prompt: int = 1,
         seed: int | Sequence[int] = 0,
         latents: np.ndarray | None = None,
-        eta: float = 0.0,
+        eta: float | None = None,
         output_type: str = "np",
         clip_skip: int | None = None,
     ):
@@ -202,7 +202,7 @@ class StableDiffusionXLImg2ImgPipeline(_SDXLText):
         seed: int | Sequence[int] = 0,
         latents: np.ndarray | None = None,
         image_noise: np.ndarray | None = None,
-        eta: float = 0.0,
+        eta: float | None = None,
         output_type: str = "np",
         clip_skip: int | None = None,
     ):
