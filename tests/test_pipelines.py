@@ -63,6 +63,13 @@ def test_changing_prompts_scale_and_seed_does_not_recompile():
     # The same seed and inputs give the same image.
     again = pipe("a red car on a road", "blurry", guidance_scale=9.0, seed=5, **kw)
     np.testing.assert_array_equal(again, calls[-1])
+    # Scales <= 1 turn guidance off, as in diffusers: the negative prompt has no effect.
+    off = [pipe("a red car on a road", neg, guidance_scale=w, seed=5, **kw)
+           for neg, w in (("blurry", 1.0), ("a dog", 1.0), ("a dog", 0.5))]  # fmt: skip
+    np.testing.assert_allclose(off[1], off[0], atol=1e-5)
+    np.testing.assert_allclose(off[2], off[0], atol=1e-5)
+    (pil,) = pipe("a red car on a road", seed=5, output_type="pil", **kw)
+    assert pil.size == (32, 32)
     assert program.generate._cache_size() == size
 
 

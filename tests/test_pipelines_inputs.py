@@ -93,6 +93,11 @@ def test_set_sampler_validates_eagerly(sd):
         pipe.set_sampler("ddim", etaa=0.5)
     pipe.set_sampler("unipc", solver_order=3)
     assert pipe.scheduler.to_config()["_class_name"] == "UniPCMultistepScheduler"
+    pipe.set_sampler("ddim", eta=0.5)  # eta is per call in diffusers: not written
+    assert "eta" not in pipe.scheduler.to_config()
+    pipe.set_sampler("ddim", timesteps=[999, 500, 1])
+    with pytest.raises(ValueError, match=r"options \['timesteps'\] of sampler 'ddim' are not"):
+        pipe.scheduler.to_config()
 
 
 # ---------------------------------------------------------------------------------------

@@ -249,6 +249,7 @@ def draw_noise(shape: tuple[int, ...], stream: int, seed: jax.Array, index: jax.
     return jax.vmap(one)(seed, index)
 
 
+@functools.lru_cache(maxsize=64)
 def blend_levels(sampler: SamplerChoice, num_steps: int, start_step: int) -> tuple:
     """Per model call, the (alpha, sigma, state scale) of the next call's noise level.
 

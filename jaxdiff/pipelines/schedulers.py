@@ -116,10 +116,11 @@ class SamplerChoice:
         """The same schedule and prediction type with another sampler (validated now)."""
         choice = SamplerChoice(name, _items(options), self.prediction_type, self.schedule_args,
                                _CLASS_OF.get(name))  # fmt: skip
-        choice.loop(10)
+        custom = "timesteps" in options or "sigmas" in options
+        choice.loop(None if custom else 10)
         return choice
 
-    def loop(self, num_steps: int, **extra: Any) -> samplers.SamplingLoop:
+    def loop(self, num_steps: int | None, **extra: Any) -> samplers.SamplingLoop:
         """The `jaxdiff.SamplingLoop` for ``num_steps`` (extra options such as start_step)."""
         return samplers.SamplingLoop(
             self.name, schedule=self.schedule, num_steps=num_steps,
@@ -129,8 +130,12 @@ class SamplerChoice:
     def to_config(self) -> dict[str, Any]:
         """The diffusers ``scheduler_config.json`` contents of this choice.
 
+        Per-call options (DDIM's ``eta``, Euler's churn) are left out, as diffusers passes
+        them to each call rather than storing them.
+
         Raises:
-          ValueError: when the sampler has no diffusers scheduler class (e.g. "edm").
+          ValueError: when the sampler has no diffusers scheduler class (e.g. "edm"), or has
+            options that class's config does not define.
         """
         if self.diffusers_class is None:
             raise ValueError(
@@ -139,7 +144,15 @@ class SamplerChoice:
             )
         defaults = SCHEDULERS[self.diffusers_class][1]
         schedule = {k: v for k, v in self.schedule_args if k in defaults}
-        config = {**defaults, **schedule, **dict(self.options)}
+        # Options diffusers takes per call (DDIM's eta, Euler's churn) are not config fields.
+        per_call = getattr(samplers.SAMPLERS[self.name], "traced_options", frozenset())
+        options = {k: v for k, v in self.options if k not in per_call}
+        if unknown := sorted(set(options) - set(defaults)):
+            raise ValueError(
+                f"options {unknown} of sampler {self.name!r} are not {self.diffusers_class} "
+                "config fields; a diffusers scheduler config cannot hold them."
+            )
+        config = {**defaults, **schedule, **options}
         config["prediction_type"] = self.prediction_type
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
         return {"_class_name": self.diffusers_class, "_diffusers_version": "0.39.0", **config}
