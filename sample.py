@@ -3,6 +3,7 @@
   python sample.py --workdir=workdirs/default --sampler=dpm_solver --num_steps=20
   python sample.py --workdir=workdirs/default --labels=3,3,7 --guidance_scale=2 --seed=1
   python sample.py --diffusers_dir=path/to/pipeline --sampler=ddim --num_steps=50
+  python sample.py --pipeline_dir=path/to/sd15 --prompt="a red fox" --num_steps=25 --out=out
 
 Writes <out>/samples.png (a grid) and <out>/samples.npz (images in [-1, 1], labels, seed).
 Image i depends only on (seed, i): the same seed gives the same images at any batch size.
@@ -29,6 +30,14 @@ flags.DEFINE_integer("batch_size", 64, "Images per sampling call.")
 flags.DEFINE_integer("seed", 0, "Seed; image i depends only on (seed, i).")
 flags.DEFINE_multi_string("option", [], "Sampler option name=value (repeatable), e.g. eta=0.5.")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/generated).")
+# Stable Diffusion pipelines (jaxdiff.pipelines.cli); --num_steps, --seed, --batch_size,
+# --sampler, --option, --guidance_scale and --out apply too.
+flags.DEFINE_string("pipeline_dir", None, "Or: a diffusers Stable Diffusion / SDXL pipeline.")
+flags.DEFINE_multi_string("prompt", [], "Prompt for --pipeline_dir (repeatable).")
+flags.DEFINE_string("negative_prompt", None, "Negative prompt for --pipeline_dir.")
+flags.DEFINE_string("image", None, "Input image: image-to-image (or inpainting with --mask).")
+flags.DEFINE_float("strength", None, "Image-to-image / inpainting strength in (0, 1].")
+flags.DEFINE_string("mask", None, "Inpainting mask image (white = repaint).")
 
 
 def _parse_option(text):
@@ -43,16 +52,32 @@ def _parse_option(text):
         return name, value
 
 
+def _run_pipeline(f):
+    from jaxdiff.pipelines import cli
+
+    out = f.out or os.path.join(f.pipeline_dir, "generated")
+    images = cli.generate_images(
+        f.pipeline_dir, f.prompt, out=out, negative_prompt=f.negative_prompt, image=f.image,
+        mask=f.mask, strength=f.strength, num_steps=f.num_steps, batch_size=f.batch_size,
+        seed=f.seed, guidance_scale=f.guidance_scale if f["guidance_scale"].present else None,
+        sampler=f.sampler if f["sampler"].present else None,
+        sampler_options=dict(_parse_option(o) for o in f.option),
+    )  # fmt: skip
+    print(f"Wrote {len(images)} images to {out}/image_*.png and images.npz.")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    f = flags.FLAGS
-    if (f.workdir is None) == (f.diffusers_dir is None):
-        raise app.UsageError("Give exactly one of --workdir or --diffusers_dir.")
     from jaxdiff import runtime
 
     runtime.configure(compilation_cache=flags.FLAGS.compile_cache, cpu_flags=flags.FLAGS.cpu_flags)
+    if flags.FLAGS.pipeline_dir is not None:
+        return _run_pipeline(flags.FLAGS)
+    f = flags.FLAGS
+    if (f.workdir is None) == (f.diffusers_dir is None):
+        raise app.UsageError("Give exactly one of --workdir, --diffusers_dir or --pipeline_dir.")
     from jaxdiff.experiment import images, load_diffusers_dir, load_workdir
 
     try:  # bad input (flags, workdir, checkpoint): one line, no traceback

@@ -45,8 +45,16 @@ def param_shapes(module: UNet, in_channels: int) -> dict[tuple[str, ...], tuple[
     ctx = None
     if module.context_dim is not None:
         ctx = jax.ShapeDtypeStruct((1, 1, module.context_dim), jnp.float32)
-    shapes = jax.eval_shape(lambda x, t, c: module.init(jax.random.key(0), x, t, context=c),
-                            x, t, ctx)  # fmt: skip
+    added = {}
+    if module.addition_embed_type == "text_time":  # any split of the input width will do
+        width = module.addition_embed_dim - module.addition_time_embed_dim
+        added = dict(text_embeds=jax.ShapeDtypeStruct((1, width), jnp.float32),
+                     time_ids=jax.ShapeDtypeStruct((1, 1), jnp.float32))  # fmt: skip
+
+    def init(x, t, c, added):
+        return module.init(jax.random.key(0), x, t, context=c, **added)
+
+    shapes = jax.eval_shape(init, x, t, ctx, added)
     flat = traverse_util.flatten_dict(nn.unbox(shapes["params"]))
     return {path: tuple(s.shape) for path, s in flat.items()}
 

@@ -2,7 +2,8 @@
 
 Supported: UNet2DModel (DownBlock2D, AttnDownBlock2D, ResnetDownsampleBlock2D and their up
 counterparts, UNetMidBlock2D), UNet2DConditionModel (DownBlock2D, CrossAttnDownBlock2D,
-UNetMidBlock2DCrossAttn / UNetMidBlock2D and their up counterparts) and the Flax
+UNetMidBlock2DCrossAttn / UNetMidBlock2D and their up counterparts; SD 1.x / 2.x and SDXL's
+``addition_embed_type="text_time"``) and the Flax
 FlaxUNet2DConditionModel of diffusers <= 0.39. Anything else is refused with an error that
 names the field.
 """
@@ -13,6 +14,8 @@ from typing import Any
 
 # Fields each class understands, with the values jaxdiff can reproduce: a tuple lists the
 # allowed values, None means any value is translated below (or is irrelevant to the maths).
+# ``upcast_attention`` (SD 2.1) is one of the latter: jaxdiff's attention always computes its
+# scores and softmax in float32, whatever the compute dtype.
 _COMMON = {
     "sample_size": None, "in_channels": None, "out_channels": None,
     "down_block_types": None, "up_block_types": None, "mid_block_type": None,
@@ -39,12 +42,12 @@ FIELDS = {
         "transformer_layers_per_block": None, "reverse_transformer_layers_per_block": (None,),
         "encoder_hid_dim": (None,), "encoder_hid_dim_type": (None,),
         "num_attention_heads": (None,), "dual_cross_attention": (False,),
-        "use_linear_projection": None, "addition_embed_type": (None,),
-        "addition_time_embed_dim": (None,), "upcast_attention": None,
+        "use_linear_projection": None, "addition_embed_type": (None, "text_time"),
+        "addition_time_embed_dim": None, "upcast_attention": None,
         "resnet_skip_time_act": (False,), "resnet_out_scale_factor": (1.0,),
         "time_embedding_act_fn": (None,), "timestep_post_act": (None,),
         "time_cond_proj_dim": (None,), "conv_in_kernel": (3,), "conv_out_kernel": (3,),
-        "projection_class_embeddings_input_dim": (None,), "attention_type": ("default",),
+        "projection_class_embeddings_input_dim": None, "attention_type": ("default",),
         "class_embeddings_concat": (False,), "mid_block_only_cross_attention": (None, False),
         "cross_attention_norm": (None,), "addition_embed_type_num_heads": None,
     },
@@ -273,11 +276,30 @@ def _conditional_kwargs(name: str, cfg: dict[str, Any], n: int, source: str) -> 
         ),
         linear_projection=bool(cfg["use_linear_projection"]),
     )  # fmt: skip
+    kw.update(_addition_kwargs(cfg, source))
     if name == "FlaxUNet2DConditionModel":
         kw.update(flax_numerics())
     else:
         kw.update(_torch_common(cfg), transformer_norm_eps=1e-6)
     return kw
+
+
+def _addition_kwargs(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """SDXL's added conditioning: ``addition_embed_type="text_time"`` and its two widths."""
+    kind = cfg.get("addition_embed_type")
+    if kind is None:
+        return {}
+    if kind != "text_time":
+        raise ValueError(f"{source}: addition_embed_type={kind!r} is not supported (supported: "
+                         "[None, 'text_time']).")  # fmt: skip
+    dims = cfg.get("addition_time_embed_dim"), cfg.get("projection_class_embeddings_input_dim")
+    if any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in dims):
+        raise ValueError(
+            f"{source}: addition_embed_type='text_time' needs integer addition_time_embed_dim "
+            f"and projection_class_embeddings_input_dim, got {dims}."
+        )
+    return dict(addition_embed_type=kind, addition_time_embed_dim=dims[0],
+                addition_embed_dim=dims[1])  # fmt: skip
 
 
 def flax_numerics() -> dict[str, Any]:
@@ -383,6 +405,9 @@ def diffusers_config(m, in_channels: int, out_channels: int) -> dict[str, Any]:
             attention_head_dim=[m.level_heads(lv) for lv in range(n)],
             transformer_layers_per_block=depth[0] if len(set(depth)) == 1 else depth,
             use_linear_projection=m.linear_projection,
+            addition_embed_type=m.addition_embed_type,
+            addition_time_embed_dim=m.addition_time_embed_dim,
+            projection_class_embeddings_input_dim=m.addition_embed_dim,
         )  # fmt: skip
     _refuse(problems, target)
     down, up = _block_types(m, target)

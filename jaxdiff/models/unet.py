@@ -8,7 +8,10 @@ Calling convention (shared by every preset)::
 x [B, H, W, C] NHWC; t [B] (possibly fractional) training timesteps; labels int [B] class ids
 in [0, num_classes], where id ``num_classes`` is the null class used by classifier-free
 guidance (``labels=None`` means that null class for every example); context [B, L, D] encoder
-states for cross-attention. The output has x's shape, or ``out_channels`` channels (e.g.
+states for cross-attention. SDXL-style models (``addition_embed_type="text_time"``) also take
+``text_embeds`` [B, P] (the pooled text embedding) and ``time_ids`` [B, M] (size and crop
+conditions, e.g. M = 6), called as ``apply(..., context=c, text_embeds=p, time_ids=ids)``.
+The output has x's shape, or ``out_channels`` channels (e.g.
 2 C for a learned variance). Parameter names follow diffusers' UNet2DModel /
 UNet2DConditionModel, which `jaxdiff.models.convert` relies on.
 
@@ -62,6 +65,13 @@ class UNet(nn.Module):
       gelu_approximate: tanh-approximate GELU in the feed-forward.
       num_classes: number of classes; the embedding has num_classes + 1 rows (null class last).
         None or 0: no class conditioning.
+      addition_embed_type: None, or "text_time" (SDXL): the time embedding gains
+        ``add_embedding([text_embeds, sinusoid(time_ids)])``, a two-layer MLP (diffusers'
+        ``add_embedding``) over the pooled text embedding and the sinusoidal embeddings of each
+        time id.
+      addition_time_embed_dim: width of each time id's sinusoidal embedding ("text_time").
+      addition_embed_dim: input width of ``add_embedding``: P + M x addition_time_embed_dim
+        (diffusers' ``projection_class_embeddings_input_dim``).
       out_channels: output channels (default: the input's).
       dropout: dropout rate in ResBlocks and attention.
       norm_groups / norm_eps: group norm of ResBlocks, attention and output.
@@ -92,6 +102,9 @@ class UNet(nn.Module):
     transformer_norm_eps: float = 1e-6
     gelu_approximate: bool = False
     num_classes: int | None = None
+    addition_embed_type: str | None = None
+    addition_time_embed_dim: int | None = None
+    addition_embed_dim: int | None = None
     out_channels: int | None = None
     dropout: float = 0.0
     norm_groups: int = 32
@@ -139,7 +152,7 @@ class UNet(nn.Module):
             self.dtype, self.param_dtype,
         )  # fmt: skip
 
-    def _embed(self, t, labels, batch):
+    def _embed(self, t, labels, batch, text_embeds=None, time_ids=None):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
         temb = timestep_embedding(
@@ -156,6 +169,14 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet: labels were given but the model has num_classes={self.num_classes}."
             )
+        if self.addition_embed_type == "text_time":
+            ids = jnp.asarray(time_ids, jnp.float32)
+            sinusoids = timestep_embedding(
+                ids.reshape(-1), self.addition_time_embed_dim,
+                flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift,
+            ).reshape(batch, -1)  # fmt: skip
+            extra = jnp.concatenate([jnp.asarray(text_embeds, jnp.float32), sinusoids], axis=-1)
+            emb = emb + TimestepMLP(dim, name="add_embedding", **kw)(extra.astype(self.dtype))
         return nn.silu(emb)
 
     @nn.compact
@@ -166,16 +187,19 @@ class UNet(nn.Module):
         labels: jax.Array | None = None,
         context: jax.Array | None = None,
         train: bool = False,
+        text_embeds: jax.Array | None = None,
+        time_ids: jax.Array | None = None,
     ) -> jax.Array:
         """Denoiser output for x [B, H, W, C] at timesteps t [B]; see the module docstring."""
         check_inputs(self, x, context)
+        check_added_inputs(self, x.shape[0], text_embeds, time_ids)
         n, spec, kw = (
             len(self.channels),
             self._spec(),
             dict(dtype=self.dtype, param_dtype=self.param_dtype),
         )
         nres = self.level_res_blocks()
-        emb_act = self._embed(t, labels, x.shape[0])
+        emb_act = self._embed(t, labels, x.shape[0], text_embeds, time_ids)
         h = 2 * x - 1 if self.center_input else x
         h = Conv(self.channels[0], name="conv_in", **kw)(h)
         skips = [h]
@@ -241,6 +265,46 @@ def validate(m: UNet) -> None:
     attention_lib.check_implementation(m.attention_impl)
     if m.num_classes is not None and m.num_classes < 0:
         raise ValueError(f"UNet: num_classes must be >= 0 or None, got {m.num_classes}.")
+    if m.addition_embed_type not in (None, "text_time"):
+        raise ValueError(
+            f"UNet: addition_embed_type {m.addition_embed_type!r} is not None or 'text_time'."
+        )
+    if m.addition_embed_type == "text_time":
+        dims = (m.addition_time_embed_dim, m.addition_embed_dim)
+        if any(d is None or d < 1 for d in dims):
+            raise ValueError(
+                "UNet: addition_embed_type='text_time' needs addition_time_embed_dim and "
+                f"addition_embed_dim >= 1, got {dims}."
+            )
+
+
+def check_added_inputs(m: UNet, batch: int, text_embeds, time_ids) -> None:
+    """Raise ValueError unless text_embeds / time_ids fit ``addition_embed_type``."""
+    if m.addition_embed_type is None:
+        if text_embeds is not None or time_ids is not None:
+            raise ValueError(
+                "UNet: text_embeds / time_ids were given but the model has "
+                "addition_embed_type=None."
+            )
+        return
+    if text_embeds is None or time_ids is None:
+        raise ValueError("UNet: addition_embed_type='text_time' needs text_embeds and time_ids.")
+    te, ti = jnp.shape(text_embeds), jnp.shape(time_ids)
+    width = (te[-1] if len(te) == 2 else 0) + (ti[-1] if len(ti) == 2 else 0) * (
+        m.addition_time_embed_dim
+    )
+    if (
+        len(te) != 2
+        or len(ti) != 2
+        or te[0] != batch
+        or ti[0] != batch
+        or (width != m.addition_embed_dim)
+    ):
+        raise ValueError(
+            f"UNet: text_embeds {te} and time_ids {ti} must be [{batch}, P] and [{batch}, M] "
+            f"with P + M x {m.addition_time_embed_dim} = addition_embed_dim "
+            f"{m.addition_embed_dim}."
+        )
 
 
 def check_inputs(m: UNet, x: jax.Array, context: jax.Array | None) -> None:
