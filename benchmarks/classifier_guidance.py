@@ -92,11 +92,14 @@ def main(argv=None) -> None:
     p.add_argument("--classifier_steps", type=int, default=3000)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--num_steps", type=int, default=50)
+    p.add_argument("--scales", default=",".join(str(s) for s in SCALES))
+    p.add_argument("--min_t", type=float, default=0.0, help="no guidance below this timestep")
     args = p.parse_args(argv)
 
     import jax
     import jax.numpy as jnp
     from digits_quality import real_digits
+    from flax import serialization
     from sklearn.linear_model import LogisticRegression
 
     import jaxdiff
@@ -112,8 +115,18 @@ def main(argv=None) -> None:
     gen = load_workdir(args.workdir)
     if gen.num_classes:
         raise SystemExit(f"{args.workdir} holds a class-conditional model; need num_classes=0.")
-    clf, clf_params, secs = train_classifier(args.classifier_steps, 128, gen.schedule)
-    print(f"noisy classifier: {args.classifier_steps} steps in {secs:.0f} s")
+    path = os.path.join(args.workdir, f"noisy_classifier_{args.classifier_steps}.msgpack")
+    clf, clf_params, secs = train_classifier(
+        args.classifier_steps if not os.path.exists(path) else 0, 128, gen.schedule
+    )
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            clf_params = serialization.from_bytes(clf_params, f.read())
+        print(f"noisy classifier read from {path}")
+    else:
+        with open(path, "wb") as f:
+            f.write(serialization.to_bytes(clf_params))
+        print(f"noisy classifier: {args.classifier_steps} steps, {secs:.0f} s (saved: {path})")
 
     xtr, ytr, xte, yte = real_digits()
     judge = LogisticRegression(max_iter=5000).fit(pixel_features(xtr), ytr)
@@ -125,22 +138,28 @@ def main(argv=None) -> None:
     ]))  # fmt: skip
     labels = jnp.asarray(np.arange(n) % 10, jnp.int32)
     model = lambda x, t: gen.model.apply({"params": gen.params}, x, t)  # noqa: E731
-    log_prob = training.classifier_log_prob(clf.apply, clf_params)
+    clf_log_prob = training.classifier_log_prob(clf.apply, clf_params)
+
+    def log_prob(x, t, labels):  # optionally switched off at low noise
+        return clf_log_prob(x, t, labels) * (t >= args.min_t)
+
     guided = jaxdiff.classifier_guidance(model, log_prob, schedule=gen.schedule)
 
     @jax.jit
-    def draw(noise, scale):
+    def draw(noise, keys, scale):
         return jaxdiff.sample(
             guided, noise, schedule=gen.schedule, sampler=args.sampler,
             num_steps=args.num_steps, cond={"labels": labels, "gradient_scale": scale},
+            key=keys,
         )  # fmt: skip
 
-    noise = per_sample_noise(per_sample_keys(1, 0, n), (8, 8, 1))
+    keys = per_sample_keys(1, 0, n)
+    noise = per_sample_noise(keys, (8, 8, 1))
     print(f"\n{args.sampler} x {args.num_steps} steps, N = {n} class-balanced samples")
     print("| classifier scale | class accuracy | pixel FD | FD / floor |")
     print("| --- | --- | --- | --- |")
-    for scale in SCALES:
-        images = np.clip(np.asarray(draw(noise, jnp.float32(scale))), -1, 1)
+    for scale in [float(v) for v in args.scales.split(",")]:
+        images = np.clip(np.asarray(draw(noise, keys, jnp.float32(scale))), -1, 1)
         acc = float(np.mean(judge.predict(pixel_features(images)) == np.asarray(labels)))
         fd = frechet_distance(pixel_features(images), pixel_features(xte))
         print(f"| {scale} | {acc:.1%} | {fd:.3f} | {fd / floor:.2f} |", flush=True)
