@@ -115,7 +115,7 @@ class _Denoiser(nn.Module):
 
 
 def test_bpd_command(tmp_path, monkeypatch):
-    from jaxdiff.experiment import sampling
+    from jaxdiff.experiment import sampling, workdir
     from jaxdiff.schedules import make_schedule
 
     model = _Denoiser()
@@ -126,7 +126,7 @@ def test_bpd_command(tmp_path, monkeypatch):
         model, params["params"], schedule, objective="diffusion", prediction_type="epsilon",
         sigma_data=0.5, image_shape=(8, 8, 1),
     )  # fmt: skip
-    monkeypatch.setattr(sampling, "load_workdir", lambda workdir: gen)
+    monkeypatch.setattr(workdir, "load_workdir", lambda path: gen)
     data = np.random.default_rng(0).integers(0, 17, size=(5, 8, 8, 1)) / 8.0 - 1.0
     np.savez(tmp_path / "digits.npz", images=data.astype(np.float32), labels=np.arange(5))
     base = ["bpd", "--workdir", "unused", "--data", str(tmp_path / "digits.npz"), "--num_bins",

@@ -29,13 +29,12 @@ def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]:
 
 def bits_per_dim(args: argparse.Namespace) -> dict[str, Any]:
     """Run the ``bpd`` command (see `jaxdiff.evaluation.cli`)."""
-    from jaxdiff.experiment import builders
-    from jaxdiff.experiment.sampling import load_workdir
+    from jaxdiff.experiment import sampling, workdir
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods or set(methods) - {"ode", "vlb"}:
         raise SystemExit(f"--methods must be a comma list of ode, vlb; got {args.methods!r}.")
-    gen = load_workdir(args.workdir)
+    gen = workdir.load_workdir(args.workdir)
     x, data_labels = load_data(args)
     if tuple(x.shape[1:]) != gen.image_shape:
         raise SystemExit(
@@ -56,7 +55,7 @@ def bits_per_dim(args: argparse.Namespace) -> dict[str, Any]:
 
         def ode(params, batch):
             xb, index, lab = batch
-            fn = builders.model_fn_for_sampling(gen.model, params, **kw)
+            fn = sampling.model_fn_for_sampling(gen.model, params, **kw)
             cond = {} if labels is None else {"labels": lab}
             return ode_bits_per_dim(fn, xb, key, schedule=gen.schedule,
                                     prediction_type=gen.prediction_type, num_bins=args.num_bins,
@@ -80,7 +79,7 @@ def bits_per_dim(args: argparse.Namespace) -> dict[str, Any]:
     if "vlb" in methods:
 
         def apply(x_t, t, params, labels=None):
-            return builders.model_fn_for_sampling(gen.model, params, **kw)(x_t, t, labels=labels)
+            return sampling.model_fn_for_sampling(gen.model, params, **kw)(x_t, t, labels=labels)
 
         start, parts = time.time(), []
         for i in tqdm(range(0, len(x), args.batch_size), desc="VLB bits/dim", disable=not progress):
