@@ -24,7 +24,7 @@ from jaxdiff.models.inception import FIDInceptionV3, resize_bilinear
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "evaluation")
 sys.path.insert(0, FIXTURES)
-from random_weights import random_state_dict  # noqa: E402
+from inception_weights import random_state_dict  # noqa: E402
 
 
 def _io(name):
