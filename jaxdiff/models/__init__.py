@@ -22,6 +22,7 @@ from jaxdiff.models.convert_vae import (
     load_diffusers_vae,
     load_flax_diffusers_vae,
 )
+from jaxdiff.models.discriminator import PatchDiscriminator
 from jaxdiff.models.presets import ADM_IMAGENET64, DDPM_CIFAR10, DIGITS, TINY
 from jaxdiff.models.t5 import T5EncoderModel
 from jaxdiff.models.text_ops import TextEncoderOutput
@@ -35,6 +36,7 @@ __all__ = [
     "DDPM_CIFAR10",
     "DIGITS",
     "DiagonalGaussian",
+    "PatchDiscriminator",
     "SUPPORTED_ARCHITECTURES",
     "T5EncoderModel",
     "TINY",
