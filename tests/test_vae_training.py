@@ -38,6 +38,7 @@ from jaxdiff.training.vae_objective import (
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures", "unet"))
 from random_weights import random_params  # noqa: E402
+from vae_features import pool_features  # noqa: E402
 
 LAST = ("decoder", "conv_out", "kernel")
 AE = AutoencoderKL(
@@ -63,11 +64,6 @@ def _disc(p, x):
     return DISC.apply({"params": p}, x)
 
 
-def _pool_features(x):  # a frozen "feature network": the image and its 2x2 means
-    b, h, w, c = x.shape
-    return [x, x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))]
-
-
 @functools.cache
 def _init():
     """Random parameters without compiling an initialiser (as the other model tests)."""
@@ -86,7 +82,7 @@ def test_reconstruction_and_perceptual_losses_match_closed_forms():
     np.testing.assert_allclose(reconstruction_loss(x, y, "l2"), (d**2).sum((1, 2, 3)), 1e-5)
     pooled = d.reshape(4, 4, 2, 4, 2, 1).mean(axis=(2, 4))
     want = (d**2).mean((1, 2, 3)) + (pooled**2).mean((1, 2, 3))
-    np.testing.assert_allclose(perceptual_loss(_pool_features, x, y), want, rtol=1e-5)
+    np.testing.assert_allclose(perceptual_loss(pool_features, x, y), want, rtol=1e-5)
 
 
 def test_vae_loss_is_the_documented_per_example_sum():
@@ -103,7 +99,7 @@ def test_vae_loss_is_the_documented_per_example_sum():
     params = {"a": jnp.float32(0.7), "lv": jnp.float32(-1.5), "c": jnp.float32(1.3)}
     keys = jax.random.split(jax.random.key(3), 4)
     loss_fn = make_vae_loss_fn(
-        encode, decode, reconstruction="l1", kl_weight=0.01, perceptual_fn=_pool_features,
+        encode, decode, reconstruction="l1", kl_weight=0.01, perceptual_fn=pool_features,
         perceptual_weight=0.5,
     )  # fmt: skip
     loss, aux = loss_fn(params, {"image": x}, keys, None)
@@ -111,7 +107,7 @@ def test_vae_loss_is_the_documented_per_example_sum():
     mean = 0.7 * x[:, 0, 0, 0].astype(np.float64)
     rec = np.broadcast_to((1.3 * (mean + np.exp(-0.75) * eps))[:, None, None, None], x.shape)
     kl = 0.5 * (mean**2 + np.exp(-1.5) - 1 + 1.5)
-    p = perceptual_loss(_pool_features, jnp.asarray(x), jnp.asarray(rec, jnp.float32))
+    p = perceptual_loss(pool_features, jnp.asarray(x), jnp.asarray(rec, jnp.float32))
     l1 = np.abs(x - rec).sum((1, 2, 3))
     np.testing.assert_allclose(aux["reconstruction"], l1, rtol=1e-5)
     np.testing.assert_allclose(aux["kl"], kl, rtol=1e-5)
