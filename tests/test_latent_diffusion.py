@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxdiff import data as data_lib
 from jaxdiff import models
@@ -83,9 +84,11 @@ def test_latent_space_of_a_diffusers_vae_encoded_in_the_step_or_cached(tmp_path)
     assert (resolved.scaling_factor, resolved.estimate_scaling_factor) == (scale, False)
     info = space.run_info()["latent"]
     assert info["autoencoder"]["scaling_factor"] == scale and info["vae_step"] is None
+    config.latent.estimate_scaling_factor, config.latent.scaling_factor = False, 0.3
     again = latent_lib.open_latent_space(config, dataset, str(tmp_path / "run"))
     assert isinstance(again.moments, np.memmap)  # read back, not re-encoded
     np.testing.assert_array_equal(again.moments, space.moments)
+    assert again.vae.scaling_factor == 0.3 and again.estimated_from is None
 
     def inner(state, batch, key):
         return state, {"latents": batch["image"], "label": batch["label"]}
@@ -153,9 +156,6 @@ def test_psnr_is_that_of_images_in_0_1():
             {"autoencoder.disc_start": 0, "optim.grad_accum_steps": 2},
             "disc_start needs config.optim.grad_accum_steps=1",
         ),
-        ({"autoencoder.perceptual_fn": "vae_features"}, "must look like 'package.module:function'"),
-        ({"autoencoder.perceptual_fn": "vae_features:nope"}, "cannot be imported"),
-        ({"autoencoder.perceptual_fn": "vae_features:NOT_CALLABLE"}, "is not callable"),
         ({"autoencoder.reconstruction": "l3"}, "config.autoencoder.reconstruction='l3'"),
         ({"task": "vae"}, "config.task='vae' is invalid; allowed: one of ('diffusion'"),
     ],
@@ -171,6 +171,25 @@ def test_autoencoder_and_latent_config_relations(change, message):
         section[field] = value
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("'", "'")):
         validate_config(config)
+
+
+@pytest.mark.parametrize(
+    "section, change, message",
+    [
+        ("autoencoder", {"kwargs": {"channelz": (4,)}}, r"field\(s\) \['channelz'\]"),
+        ("autoencoder", {"kwargs": {"in_channels": 3}}, "in_channels=3 but the images have 1"),
+        ("data", {"image_size": 10}, "Images of 10x10 pixels do not fit the autoencoder"),
+        ("autoencoder", {"perceptual_fn": "vae_features"}, "must look like 'package.module:"),
+        ("autoencoder", {"perceptual_fn": "vae_features:nope"}, "cannot be imported"),
+        ("autoencoder", {"perceptual_fn": "vae_features:NOT_CALLABLE"}, "is not callable"),
+    ],
+)
+def test_bad_autoencoder_setups_are_named_before_compiling(tmp_path, section, change, message):
+    config = digits_vae.get_config("smoke")
+    config[section].update(change)
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(config, tmp_path / "w")
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
 def _latent_config(vae_dir, **changes):
@@ -248,10 +267,14 @@ def test_vae_then_latent_diffusion_from_the_command_line(tmp_path, monkeypatch):
         ],
         tmp_path,
     )  # fmt: skip
-    assert (vae_dir / "samples" / "step_4.png").exists()
+    grid = Image.open(vae_dir / "samples" / "step_4.png")  # 8 pairs in a row, 2x upscaled
+    assert grid.size == (2 * (16 * 33 + 1), 2 * 34)
     assert "disc_params" in (vae_dir / "checkpoints" / "4" / "state" / "_METADATA").read_text()
     module, params, step = load_autoencoder_workdir(str(vae_dir))
     assert step == 4 and module.downsampling_factor == 4
+    assert load_autoencoder_workdir(str(vae_dir), step=2)[2] == 2  # config.latent.vae_step
+    with pytest.raises(ValueError, match="No checkpoint at step 3"):
+        load_autoencoder_workdir(str(vae_dir), step=3)
     args = ["train.py", "--config=configs/digits_latent.py:smoke", f"--workdir={lat_dir}"]
     out = run([*args, f"--config.latent.vae={vae_dir}"], tmp_path)
     assert "Done: 4 steps" in out.stdout

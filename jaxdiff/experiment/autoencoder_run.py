@@ -53,10 +53,11 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict[s
 
     mesh = training.make_mesh(fsdp=config.train.fsdp)
     optimizer, lr = from_config.build_optimizer(config)
+    # Built first: it imports config.autoencoder.perceptual_fn (a bad name fails here).
+    train_step = ae_lib.build_train_step(config, module, discriminator, optimizer, lr)
     init_fn = ae_lib.build_init_fn(module, discriminator, dataset.image_shape, optimizer)
     k_init, k_train = jax.random.split(jax.random.key(config.seed))
     state, shardings = training.init_sharded_state(init_fn, k_init, mesh)
-    train_step = ae_lib.build_train_step(config, module, discriminator, optimizer, lr)
     step_fn = training.jit_train_step(train_step, mesh, shardings)
     held_out = held_out_images(dataset, config.data, config.autoencoder.eval_images)
     return _run_loop(config, workdir, dataset, module, held_out, step_fn, state, k_train, mesh)

@@ -16,7 +16,6 @@ from typing import Any
 import ml_collections
 
 from jaxdiff import diffusion, losses, samplers, schedules
-from jaxdiff.experiment.autoencoder import import_callable
 from jaxdiff.experiment.from_config import build_schedule
 from jaxdiff.experiment.sampling import check_sampler, sampler_options, sampler_prediction_type
 
@@ -333,8 +332,6 @@ def _check_autoencoder_and_latent(config: Mapping[str, Any]) -> None:
             "config.autoencoder.disc_start needs config.optim.grad_accum_steps=1 (the adaptive "
             f"weight is one of the whole batch); got {config['optim']['grad_accum_steps']}."
         )
-    if autoencoder["perceptual_fn"] is not None:
-        import_callable(autoencoder["perceptual_fn"], "config.autoencoder.perceptual_fn")
     if latent["vae"] is None:
         given = [f for f, off in _LATENT_OFF.items() if latent[f] != off]
         if given:

@@ -9,8 +9,9 @@ scaling factor is the VAE's own, ``config.latent.scaling_factor``, or, with
 ``estimate_scaling_factor``, 1 / std of the latents of the first ``estimate_examples``
 training images (as LDM estimates it). What was used is recorded: the resolved
 ``config.latent`` (``vae_step``, ``scaling_factor``) is the config saved with every
-checkpoint, and run_info.json holds the VAE's fields and source, so that sampling needs only
-the run's own workdir (the VAE's parameters are in its checkpoints).
+checkpoint, and run_info.json holds the VAE's fields, source and a hash of its weights (a
+resume on another VAE is refused), so that sampling needs only the run's own workdir (the
+VAE's parameters are in its checkpoints).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def load_vae(source: str, step: int | None = None) -> tuple[models.AutoencoderKL
             f"config.latent.vae_step={step} selects a checkpoint of a jaxdiff workdir; "
             f"{path} is not one (no {RUN_INFO}): set vae_step=None."
         )
-    vae_dir = os.path.join(path, "vae") if os.path.isdir(os.path.join(path, "vae")) else path
+    vae_dir = path
+    if not os.path.exists(os.path.join(path, sd.CONFIG_NAME)):  # a pipeline directory?
+        vae_dir = os.path.join(path, "vae")
     if not os.path.exists(os.path.join(vae_dir, sd.CONFIG_NAME)):
         raise ValueError(
             f"config.latent.vae={source!r} is neither a jaxdiff autoencoder workdir (no "
@@ -76,6 +79,7 @@ class LatentSpace:
       image_shape: (H, W, C) of the images.
       moments: cached posterior moments of the training split by record index, or None.
       estimated_from: how many images the scaling factor was estimated from (None: given).
+      digest: sha256 of the VAE's parameters (a resume on other weights is refused).
     """
 
     vae: models.AutoencoderKL
@@ -85,6 +89,7 @@ class LatentSpace:
     image_shape: tuple[int, int, int]
     moments: np.ndarray | None = None
     estimated_from: int | None = None
+    digest: str = ""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -99,6 +104,7 @@ class LatentSpace:
             "latent": {
                 "vae": self.source,
                 "vae_step": self.step,
+                "vae_params_sha256": self.digest,
                 "autoencoder": ae_lib.module_fields(self.vae),
                 "image_shape": list(self.image_shape),
                 "scaling_factor_estimated_from": self.estimated_from,
@@ -116,16 +122,11 @@ class LatentSpace:
 
     def add_to_state(self, state: Any, shardings: Any, mesh: jax.sharding.Mesh):
         """(state, shardings) with the VAE's parameters replicated over ``mesh``."""
-        repl = training.replicated(mesh)
-
-        def put(x):
-            x = np.asarray(jax.device_get(x))
-            return jax.make_array_from_callback(x.shape, repl, lambda index: x[index])
-
-        vae_params = jax.tree.map(put, self.params)
+        vae_params = _replicate(self.params, mesh)
+        repl = jax.tree.map(lambda _: training.replicated(mesh), vae_params)
         return (
             latent_training.with_vae_params(state, vae_params),
-            latent_training.with_vae_params(shardings, jax.tree.map(lambda _: repl, vae_params)),
+            latent_training.with_vae_params(shardings, repl),
         )
 
     def wrap_train_step(self, train_step: Any) -> Any:
@@ -146,10 +147,19 @@ class LatentSpace:
 
     def decoder(self, mesh: jax.sharding.Mesh | None = None) -> ae_lib.LatentDecoder:
         """A decoder for sample grids (its own copy of the parameters, on ``mesh``)."""
-        params = self.params
-        if mesh is not None:
-            params = jax.device_put(jax.device_get(params), training.replicated(mesh))
+        params = self.params if mesh is None else _replicate(self.params, mesh)
         return ae_lib.LatentDecoder(self.vae, params)
+
+
+def _replicate(params: Any, mesh: jax.sharding.Mesh) -> Any:
+    """A copy of ``params`` on every device of ``mesh`` (also across processes)."""
+    repl = training.replicated(mesh)
+
+    def put(x):
+        x = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(x.shape, repl, lambda index: x[index])
+
+    return jax.tree.map(put, params)
 
 
 def open_latent_space(
@@ -162,7 +172,8 @@ def open_latent_space(
     source = os.path.abspath(latent.vae)
     _check_vae(vae, dataset.image_shape, source)
     check_unet_channels(config, dataset.num_classes, vae.latent_channels, source)
-    space = LatentSpace(vae, params, source, step, dataset.image_shape)
+    digest = latent_cache.params_digest(params)
+    space = LatentSpace(vae, params, source, step, dataset.image_shape, digest=digest)
     if latent.cache:
         space.moments = _cached_moments(space, config.data, dataset.builder, workdir)
     if latent.scaling_factor is not None:
@@ -231,7 +242,7 @@ def _cached_moments(space: LatentSpace, data_config, builder, workdir: str) -> n
     fingerprint = {
         "vae": space.source,
         "vae_step": space.step,
-        "vae_params_sha256": latent_cache.params_digest(space.params),
+        "vae_params_sha256": space.digest,
         "dataset": data_config.name,
         "split": data_config.split,
         "image_size": data_config.image_size,
