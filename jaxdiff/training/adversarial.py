@@ -150,28 +150,11 @@ def make_vae_gan_train_step(
         k_examples, _ = jax.random.split(jax.random.fold_in(key, state.step))
         keys = example_keys(k_examples, jnp.arange(batch_size_of(batch), dtype=jnp.int32))
         active = (state.step >= disc_start).astype(jnp.float32)
-
-        def forward(params):
-            t = terms_fn(params, batch, keys)
-            return (t.reconstructions, jnp.mean(t.nll), jnp.mean(t.kl)), t
-
-        (x_rec, nll, kl), ae_vjp, terms = jax.vjp(forward, state.params, has_aux=True)
-
-        def g_of(rec):
-            return -jnp.mean(disc_fn(state.disc_params, rec))
-
-        g, g_vjp = jax.vjp(g_of, x_rec)
-        (g_cot,) = g_vjp(jnp.ones_like(g))
-        zero, one = jnp.zeros_like(nll), jnp.ones_like(nll)
-        # Only the last layer's entry of these two is used: XLA keeps just that part.
-        (nll_grads,) = ae_vjp((jnp.zeros_like(x_rec), one, zero))
-        (g_grads,) = ae_vjp((g_cot, zero, zero))
-        lam = adaptive_weight(_leaf(nll_grads, last_layer), _leaf(g_grads, last_layer), disc_weight)
-        (grads,) = ae_vjp((active * lam * g_cot, one, jnp.full_like(kl, kl_weight)))
-        loss = nll + kl_weight * kl + active * lam * g
-
+        grads, terms, metrics = _generator_grads(
+            terms_fn, disc_fn, state, batch, keys, active, last_layer, kl_weight, disc_weight
+        )
         disc_state, disc_metrics = _disc_update(
-            state, terms.images, x_rec, active, disc_fn, disc_optimizer
+            state, terms.images, terms.reconstructions, active, disc_fn, disc_optimizer
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -183,21 +166,39 @@ def make_vae_gan_train_step(
             opt_state=opt_state,
             **disc_state,
         )
-        metrics: Metrics = {
-            "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "ema_decay": decay,
-            "kl": kl,
-            "g_loss": g,
-            "adaptive_weight": lam,
-            **{name: jnp.mean(v) for name, v in terms.aux.items()},
-            **disc_metrics,
-        }
+        metrics.update(grad_norm=optax.tree.norm(grads), ema_decay=decay, **disc_metrics)
         if learning_rate_fn is not None:
             metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
         return new_state, metrics
 
     return train_step
+
+
+def _generator_grads(terms_fn, disc_fn, state, batch, keys, active, last, kl_weight, disc_w):
+    """(grads of L_G, the terms, metrics) from one forward pass of the autoencoder: its VJP
+    is applied to three cotangents (nll alone, g alone, and L_G); of the first two only the
+    last layer's entry is used, so XLA keeps just that part of their backward passes."""
+
+    def forward(params):
+        t = terms_fn(params, batch, keys)
+        return (t.reconstructions, jnp.mean(t.nll), jnp.mean(t.kl)), t
+
+    (x_rec, nll, kl), ae_vjp, terms = jax.vjp(forward, state.params, has_aux=True)
+    g, g_vjp = jax.vjp(lambda rec: -jnp.mean(disc_fn(state.disc_params, rec)), x_rec)
+    (g_cot,) = g_vjp(jnp.ones_like(g))
+    zero, one = jnp.zeros_like(nll), jnp.ones_like(nll)
+    (nll_grads,) = ae_vjp((jnp.zeros_like(x_rec), one, zero))
+    (g_grads,) = ae_vjp((g_cot, zero, zero))
+    lam = adaptive_weight(_leaf(nll_grads, last), _leaf(g_grads, last), disc_w)
+    (grads,) = ae_vjp((active * lam * g_cot, one, jnp.full_like(kl, kl_weight)))
+    metrics: Metrics = {
+        "loss": nll + kl_weight * kl + active * lam * g,
+        "kl": kl,
+        "g_loss": g,
+        "adaptive_weight": lam,
+        **{name: jnp.mean(v) for name, v in terms.aux.items()},
+    }
+    return grads, terms, metrics
 
 
 def _disc_update(state, images, x_rec, active, disc_fn, disc_optimizer):
