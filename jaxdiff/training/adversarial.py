@@ -177,7 +177,9 @@ def make_vae_gan_train_step(
 def _generator_grads(terms_fn, disc_fn, state, batch, keys, active, last, kl_weight, disc_w):
     """(grads of L_G, the terms, metrics) from one forward pass of the autoencoder: its VJP
     is applied to three cotangents (nll alone, g alone, and L_G); of the first two only the
-    last layer's entry is used, so XLA keeps just that part of their backward passes."""
+    last layer's entry is used, so XLA keeps just that part of their backward passes
+    (measured: the step with the adaptive weight has 1.003x the flops, by XLA's cost analysis,
+    of the same step with a constant weight; configs/digits_vae.py's VAE, batch 32)."""
 
     def forward(params):
         t = terms_fn(params, batch, keys)
