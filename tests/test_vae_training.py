@@ -41,8 +41,9 @@ from random_weights import random_params  # noqa: E402
 from vae_features import pool_features  # noqa: E402
 
 LAST = ("decoder", "conv_out", "kernel")
+# One level (no resampling) and no attention: the smallest program with every loss term.
 AE = AutoencoderKL(
-    in_channels=1, out_channels=1, latent_channels=2, channels=(4, 4), norm_groups=2,
+    in_channels=1, out_channels=1, latent_channels=2, channels=(4,), norm_groups=2,
     mid_attention=False,
 )  # fmt: skip
 DISC = PatchDiscriminator(channels=4, num_layers=1)
