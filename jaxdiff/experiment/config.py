@@ -316,8 +316,13 @@ def _check_relations(config: Mapping[str, Any]) -> None:
     _check_autoencoder_and_latent(config)
 
 
-_LATENT_OFF = {"vae_step": None, "cache": False, "scaling_factor": None,
-               "estimate_scaling_factor": False}  # fmt: skip
+# config.latent fields that mean something only with a VAE, and their "off" values.
+_LATENT_OFF = {
+    "vae_step": None,
+    "cache": False,
+    "scaling_factor": None,
+    "estimate_scaling_factor": False,
+}
 
 
 def _check_autoencoder_and_latent(config: Mapping[str, Any]) -> None:

@@ -7,6 +7,7 @@ from jaxdiff.training.adversarial import (
 )
 from jaxdiff.training.checkpoint import Checkpointer, Restored, abstract_like, with_shardings
 from jaxdiff.training.ema import ema_decay_schedule, ema_update
+from jaxdiff.training.latent import LatentTrainState, make_latent_train_step
 from jaxdiff.training.loop import LoopResult, NonFiniteLossError, train_loop
 from jaxdiff.training.objective import make_diffusion_loss_fn
 from jaxdiff.training.optim import make_lr_schedule, make_optimizer
@@ -56,8 +57,10 @@ __all__ = [
     "make_lr_schedule",
     "make_optimizer",
     "make_train_step",
-    # VAE training (issue 12)
+    # VAE training and latent diffusion (issue 12)
     "AdversarialTrainState",
+    "LatentTrainState",
+    "make_latent_train_step",
     "make_adversarial_init_fn",
     "make_vae_gan_train_step",
     "make_vae_loss_fn",
