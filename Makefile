@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdirs/default
+VAE_WORKDIR ?= workdirs/digits_vae
+LATENT_WORKDIR ?= workdirs/digits_latent
 
-.PHONY: install train sample test lint format clean
+.PHONY: install train sample test lint format clean latent latent-benchmark
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,18 @@ train: install
 
 sample: install
 	$(BIN)/python sample.py --workdir=$(WORKDIR)
+
+# Latent diffusion on the digits at 32x32: the VAE, then a U-Net on its (cached) latents.
+latent: install
+	$(BIN)/python train.py --config=configs/digits_vae.py --workdir=$(VAE_WORKDIR)
+	$(BIN)/python train.py --config=configs/digits_latent.py --workdir=$(LATENT_WORKDIR) \
+		--config.latent.vae=$(VAE_WORKDIR)
+	$(BIN)/python sample.py --workdir=$(LATENT_WORKDIR)
+
+# PSNR / KL of the VAE, FD / accuracy of the latent and pixel models (trains what is missing).
+latent-benchmark: install
+	$(BIN)/python benchmarks/latent_digits.py --vae_workdir=$(VAE_WORKDIR) \
+		--latent_workdir=$(LATENT_WORKDIR) --pixel_workdir=$(WORKDIR)
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -1,8 +1,9 @@
-"""Train a diffusion model from a config file (default: the embedded digits run).
+"""Train a diffusion model, or a VAE, from a config file (default: the embedded digits run).
 
   python train.py                                   # configs/default.py into workdirs/default
   python train.py --config=configs/cifar10_ddpm.py --workdir=workdirs/cifar10
   python train.py --config.optim.lr=1e-4 --config.train.num_steps=5000
+  python train.py --config=configs/digits_vae.py --workdir=workdirs/digits_vae   # a VAE
 
 A workdir that holds a checkpoint resumes from it.
 """

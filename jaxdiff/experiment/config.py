@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Every config field with its default (a class-conditional digits run)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.task = "diffusion"  # or "autoencoder": train config.autoencoder on config.data
     c.data = dict(
         name="digits",
         split="train",
@@ -97,7 +98,37 @@ def base_config() -> ml_collections.ConfigDict:
         seed=0,
         options=ml_collections.ConfigDict(),
     )
+    c.autoencoder = _autoencoder_defaults()
+    c.latent = _latent_defaults()
     return ml_collections.ConfigDict(c)
+
+
+def _autoencoder_defaults() -> dict[str, Any]:
+    """config.autoencoder: the KL-VAE of a task="autoencoder" run and its loss."""
+    return dict(
+        kwargs=ml_collections.ConfigDict(),  # AutoencoderKL fields (channels, latent_channels, ...)
+        reconstruction="l1",  # or "l2"; summed over pixels as in LDM
+        kl_weight=1e-6,
+        perceptual_fn=placeholder(str),  # "package.module:function", images -> features
+        perceptual_weight=1.0,
+        disc_start=placeholder(int),  # None: no discriminator; else the step it starts at
+        disc_weight=0.5,
+        disc_channels=64,
+        disc_layers=3,
+        eval_images=64,  # held-out images reconstructed in each grid (and for eval/psnr)
+    )
+
+
+def _latent_defaults() -> dict[str, Any]:
+    """config.latent: diffusion in the latent space of a trained, frozen VAE."""
+    return dict(
+        vae=placeholder(str),  # None: pixel space; a jaxdiff autoencoder workdir or a vae/ dir
+        vae_step=placeholder(int),  # checkpoint of a jaxdiff workdir (None: the newest)
+        cache=False,  # encode the split once (posterior moments) instead of in every step
+        scaling_factor=placeholder(float),  # None: the VAE's own
+        estimate_scaling_factor=False,  # 1 / std of the latents of the first images
+        estimate_examples=512,
+    )
 
 
 def _int(lo: int | None = None) -> Callable[[Any], bool]:
@@ -204,7 +235,31 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "options": (lambda v: _is_dict(v), "a dict of sampler options"),
     },
 }
-TOP_LEVEL = {"seed": (_int(0), "an int >= 0")}
+SCHEMA["autoencoder"] = {
+    "kwargs": (lambda v: _is_dict(v), "a dict of AutoencoderKL fields"),
+    "reconstruction": (_one_of("l1", "l2"), "l1 or l2"),
+    "kl_weight": (_num(0), "a float >= 0"),
+    "perceptual_fn": (_optional(_STR), "None or 'package.module:function'"),
+    "perceptual_weight": (_num(0), "a float >= 0"),
+    "disc_start": (_optional(_int(0)), "None (no discriminator) or an int >= 0"),
+    "disc_weight": (_num(0), "a float >= 0"),
+    "disc_channels": (_int(1), "an int >= 1"),
+    "disc_layers": (_int(1), "an int >= 1"),
+    "eval_images": (_int(1), "an int >= 1"),
+}
+SCHEMA["latent"] = {
+    "vae": (_optional(_STR), "None or a jaxdiff autoencoder workdir / diffusers vae directory"),
+    "vae_step": (_optional(_int(0)), "None or an int >= 0"),
+    "cache": (_BOOL, "a bool"),
+    "scaling_factor": (_optional(_num(0, open_lo=True)), "None or a float > 0"),
+    "estimate_scaling_factor": (_BOOL, "a bool"),
+    "estimate_examples": (_int(1), "an int >= 1"),
+}
+TASKS = ("diffusion", "autoencoder")
+TOP_LEVEL = {
+    "seed": (_int(0), "an int >= 0"),
+    "task": (_one_of(*TASKS), f"one of {TASKS}"),
+}
 
 
 def validate_config(config: Mapping[str, Any]) -> None:
@@ -258,6 +313,45 @@ def _check_relations(config: Mapping[str, Any]) -> None:
     if config["data"]["global_batch_size"] % config["optim"]["grad_accum_steps"]:
         raise ValueError("config.data.global_batch_size must be divisible by grad_accum_steps.")
     _check_sampling(config)
+    _check_autoencoder_and_latent(config)
+
+
+# config.latent fields that mean something only with a VAE, and their "off" values.
+_LATENT_OFF = {
+    "vae_step": None,
+    "cache": False,
+    "scaling_factor": None,
+    "estimate_scaling_factor": False,
+}
+
+
+def _check_autoencoder_and_latent(config: Mapping[str, Any]) -> None:
+    autoencoder, latent = config["autoencoder"], config["latent"]
+    if config["task"] == "autoencoder" and latent["vae"] is not None:
+        raise ValueError(
+            f"config.latent.vae={latent['vae']!r} is for diffusion runs; an autoencoder run "
+            "(config.task='autoencoder') trains a VAE on pixels: set config.latent.vae=None."
+        )
+    if autoencoder["disc_start"] is not None and config["optim"]["grad_accum_steps"] > 1:
+        raise ValueError(
+            "config.autoencoder.disc_start needs config.optim.grad_accum_steps=1 (the adaptive "
+            f"weight is one of the whole batch); got {config['optim']['grad_accum_steps']}."
+        )
+    if latent["vae"] is None:
+        given = [f for f, off in _LATENT_OFF.items() if latent[f] != off]
+        if given:
+            raise ValueError(f"config.latent.{given[0]} needs config.latent.vae (a trained VAE).")
+        return
+    if latent["cache"] and config["data"]["random_flip"]:
+        raise ValueError(
+            "config.latent.cache=True stores the latents of unflipped images; set "
+            "config.data.random_flip=False (or cache=False to encode flipped images)."
+        )
+    if latent["estimate_scaling_factor"] and latent["scaling_factor"] is not None:
+        raise ValueError(
+            f"config.latent.scaling_factor={latent['scaling_factor']} and "
+            "estimate_scaling_factor=True: give one of them."
+        )
 
 
 def _check_learned_variance(diffusion_config: Mapping[str, Any]) -> None:

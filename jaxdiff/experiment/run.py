@@ -16,7 +16,9 @@ import ml_collections
 from jaxdiff import data as data_lib
 from jaxdiff import training
 from jaxdiff.experiment import from_config, images
+from jaxdiff.experiment import latent as latent_lib
 from jaxdiff.experiment import workdir as workdir_lib
+from jaxdiff.experiment.autoencoder_run import train_autoencoder
 from jaxdiff.experiment.config import validate_config
 from jaxdiff.experiment.sampling import Generator
 
@@ -31,30 +33,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ``{"step": steps done, "workdir": path, "preempted": stopped by a signal}``.
     """
     validate_config(config)
+    if config.task == "autoencoder":
+        return train_autoencoder(config, workdir)
     workdir = workdir_lib.check_workdir(workdir)
     dataset = from_config.open_dataset(config.data)
+    latent = None  # config.latent: the frozen VAE whose latents are the data
+    if config.latent.vae is not None:
+        latent = latent_lib.open_latent_space(config, dataset, workdir)
+        config = latent.resolved_config(config)
+    shape = dataset.image_shape if latent is None else latent.shape
     diffusion_config = config.diffusion
     model = from_config.build_model(
         config.model,
         num_classes=dataset.num_classes,
-        image_channels=dataset.image_shape[-1],
+        image_channels=shape[-1],
         learned_variance=diffusion_config.learned_variance,
     )
     schedule = from_config.build_schedule(diffusion_config)
     if jax.process_index() == 0:
         workdir_lib.write_run_files(
-            workdir, config, image_shape=dataset.image_shape, num_classes=model.num_classes or 0
+            workdir,
+            config,
+            image_shape=shape,
+            num_classes=model.num_classes or 0,
+            extra=None if latent is None else latent.run_info(),
         )
     os.makedirs(os.path.join(workdir, workdir_lib.SAMPLES), exist_ok=True)
 
     mesh = training.make_mesh(fsdp=config.train.fsdp)
     optimizer, lr = from_config.build_optimizer(config)
-    init_fn = training.make_init_fn(
-        from_config.init_params_fn(model, dataset.image_shape), optimizer
-    )
+    init_fn = training.make_init_fn(from_config.init_params_fn(model, shape), optimizer)
     k_init, k_train = jax.random.split(jax.random.key(config.seed))
     state, shardings = training.init_sharded_state(init_fn, k_init, mesh)
     train_step = from_config.build_train_step(config, model, schedule, optimizer, lr)
+    if latent is not None:
+        state, shardings = latent.add_to_state(state, shardings, mesh)
+        train_step = latent.wrap_train_step(train_step)
     step_fn = training.jit_train_step(train_step, mesh, shardings)
     generator = Generator(
         model,
@@ -63,13 +77,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         objective=diffusion_config.objective,
         prediction_type=diffusion_config.prediction_type,
         sigma_data=diffusion_config.sigma_data,
-        image_shape=dataset.image_shape,
+        image_shape=shape,
         learned_variance=diffusion_config.learned_variance,
+        decoder=None if latent is None else latent.decoder(mesh),
     )
-    return _run_loop(config, workdir, dataset, generator, step_fn, state, k_train, mesh)
+    return _run_loop(config, workdir, dataset, generator, step_fn, state, k_train, mesh, latent)
 
 
-def _run_loop(config, workdir, dataset, generator, step_fn, state, key, mesh):
+def _run_loop(config, workdir, dataset, generator, step_fn, state, key, mesh, latent=None):
     from tensorboardX import SummaryWriter
     from tqdm.auto import tqdm
 
@@ -82,8 +97,11 @@ def _run_loop(config, workdir, dataset, generator, step_fn, state, key, mesh):
         seed=config.seed,
         random_flip=data_config.random_flip,
         worker_count=data_config.worker_count,
+        with_index=latent is not None,
     )
-    keep = ("image", "label") if generator.num_classes else ("image",)
+    if latent is not None:
+        pipeline = latent.wrap_pipeline(pipeline)  # cached moments instead of images
+    keep = ("image", "moments", "label") if generator.num_classes else ("image", "moments")
 
     def put_batch(batch):
         return training.global_batch({k: v for k, v in batch.items() if k in keep}, mesh)

@@ -114,6 +114,9 @@ class Generator:
       sigma_data: EDM's sigma_data.
       image_shape: (H, W, C) of one image.
       learned_variance: the network also returns variance values (twice C channels).
+      decoder: for a latent diffusion model, what turns the sampled latents (of
+        ``image_shape``) into images: ``decoder.decode(decoder.params, latents)``
+        (:class:`jaxdiff.experiment.autoencoder.LatentDecoder`); None: pixel space.
     """
 
     def __init__(
@@ -127,8 +130,10 @@ class Generator:
         sigma_data: float,
         image_shape: Sequence[int],
         learned_variance: bool = False,
+        decoder: Any = None,
     ):
         self.model, self.params, self.schedule = model, params, schedule
+        self.decoder = decoder
         self.objective, self.prediction_type = objective, prediction_type
         self.sigma_data, self.image_shape = sigma_data, tuple(image_shape)
         self.learned_variance = learned_variance
@@ -195,7 +200,8 @@ class Generator:
         progress: bool = True,
         params: Any = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Draw ``num_samples`` images [N, H, W, C] in [-1, 1] (and their labels).
+        """Draw ``num_samples`` images [N, H, W, C] in [-1, 1] (and their labels); a latent
+        model's samples are decoded (so their shape is the decoder's, not ``image_shape``).
 
         ``labels`` (cycled to N) selects classes of a conditional model (None: classes 0, 1,
         2, ... cycling; for an unconditional model, no labels). Sample i depends only on
@@ -210,6 +216,8 @@ class Generator:
         elif labels is not None:
             labels = np.resize(np.asarray(labels, np.int32), num_samples)
         options = dict(options or {})
+        if self.decoder is not None:
+            options = self.decoder.sampler_options(sampler, options)
         self.check(
             sampler=sampler,
             labels=labels,
@@ -229,7 +237,9 @@ class Generator:
             keys = per_sample_keys(seed, start, n)
             noise = per_sample_noise(keys, self.image_shape)
             lab = None if labels is None else jnp.asarray(labels[start : start + n])
-            out.append(np.asarray(generate(params, noise, keys, lab, jnp.float32(guidance_scale))))
+            scale = jnp.float32(guidance_scale)
+            decoder_params = None if self.decoder is None else self.decoder.params
+            out.append(np.asarray(generate(params, noise, keys, lab, scale, decoder_params)))
             bar.update(n)
         bar.close()
         return np.concatenate(out), labels
@@ -249,7 +259,7 @@ class Generator:
         keep = None if reads_variance or not self.learned_variance else channels
         null = jnp.full((1,), self.num_classes, jnp.int32)
 
-        def generate(params, noise, keys, labels, guidance_scale):
+        def generate(params, noise, keys, labels, guidance_scale, decoder_params):
             fn = model_fn_for_sampling(
                 self.model,
                 params,
@@ -263,7 +273,7 @@ class Generator:
                     fn, uncond={"labels": null}, learned_variance=reads_variance
                 )
                 cond["guidance_scale"] = guidance_scale
-            return jaxdiff.sample(
+            x = jaxdiff.sample(
                 fn,
                 noise,
                 schedule=self.schedule,
@@ -274,5 +284,6 @@ class Generator:
                 cond=cond,
                 **options,
             )
+            return x if self.decoder is None else self.decoder.decode(decoder_params, x)
 
         return jax.jit(generate)

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import ml_collections
 
 from jaxdiff import training
+from jaxdiff.experiment.autoencoder import LatentDecoder, module_from_fields
+from jaxdiff.experiment.autoencoder import init_params_fn as ae_init_params_fn
 from jaxdiff.experiment.config import config_from_dict
 from jaxdiff.experiment.from_config import build_model, build_schedule, init_params_fn
 from jaxdiff.experiment.sampling import Generator
@@ -49,10 +52,13 @@ def write_run_files(
     *,
     image_shape: tuple[int, ...],
     num_classes: int,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Write config.json and run_info.json (see the module docstring); refuse a dataset
-    whose facts differ from those of the run already in ``workdir``."""
-    info = {"image_shape": list(image_shape), "num_classes": num_classes}
+    whose facts differ from those of the run already in ``workdir``. ``extra`` adds facts
+    (JSON values) of autoencoder and latent-diffusion runs."""
+    info = {"image_shape": list(image_shape), "num_classes": num_classes, **(extra or {})}
+    info = json.loads(json.dumps(info))  # tuples as lists, as read back
     info_path = os.path.join(workdir, RUN_INFO)
     if os.path.exists(info_path) and _has_checkpoints(workdir):
         with open(info_path) as f:
@@ -125,6 +131,11 @@ def load_workdir(workdir: str, *, step: int | None = None) -> Generator:
     """
     workdir = os.path.abspath(workdir)
     info = read_run_info(workdir)
+    if info.get("task") == "autoencoder":
+        raise ValueError(
+            f"{workdir} is an autoencoder run (config.task='autoencoder'); sampling needs a "
+            "diffusion run (a latent one names this workdir in config.latent.vae)."
+        )
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     with training.Checkpointer(os.path.join(workdir, CHECKPOINTS), read_only=True) as ckpt:
 
@@ -133,8 +144,17 @@ def load_workdir(workdir: str, *, step: int | None = None) -> Generator:
             abstract = jax.eval_shape(
                 init_params_fn(generator.model, generator.image_shape), jax.random.key(0)
             )
-            target = jax.tree.map(lambda a: a.update(sharding=device), abstract)
-            generator.params = ckpt.restore_partial({"ema_params": target}, at_step)["ema_params"]
+            target = {"ema_params": jax.tree.map(lambda a: a.update(sharding=device), abstract)}
+            latent = info.get("latent")  # a latent diffusion run: its checkpoints hold the VAE
+            if latent is not None:
+                vae = module_from_fields(latent["autoencoder"])
+                shape = tuple(latent["image_shape"])
+                abstract = jax.eval_shape(ae_init_params_fn(vae, shape), jax.random.key(0))
+                target["vae_params"] = jax.tree.map(lambda a: a.update(sharding=device), abstract)
+            restored = ckpt.restore_partial(target, at_step)
+            generator.params = restored["ema_params"]
+            if latent is not None:
+                generator.decoder = LatentDecoder(vae, restored["vae_params"])
             return generator
 
         if step is not None:

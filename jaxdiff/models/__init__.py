@@ -33,6 +33,7 @@ from jaxdiff.models.convert_vae import (
     load_diffusers_vae,
     load_flax_diffusers_vae,
 )
+from jaxdiff.models.discriminator import PatchDiscriminator
 from jaxdiff.models.inception import FIDInceptionV3
 from jaxdiff.models.presets import ADM_IMAGENET64, DDPM_CIFAR10, DIGITS, TINY
 from jaxdiff.models.t5 import T5EncoderModel
@@ -52,6 +53,7 @@ __all__ = [
     "DiagonalGaussian",
     "FIDInceptionV3",
     "NoisyClassifier",
+    "PatchDiscriminator",
     "SUPPORTED_ARCHITECTURES",
     "T5EncoderModel",
     "TINY",
