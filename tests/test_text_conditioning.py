@@ -1,0 +1,178 @@
+"""Text conditioning: the word tokenizer, the small text encoder, and captions through the
+train step (trained jointly, frozen, cached; caption dropout; bad input)."""
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from training_helpers import FAST_COMPILE, IMAGE_SHAPE, TinyDenoiser
+
+from jaxdiff import models, schedules, training
+from jaxdiff.models.small_text import SmallTextEncoder
+from jaxdiff.text import WordTokenizer
+from jaxdiff.training import text_conditioning as tc
+
+CAPTIONS = ["a small 5 in the top right", "a 3 to the left of a seven", "a two above a 2"]
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "text")
+
+
+def test_word_tokenizer_rows_unknown_words_and_truncation(tmp_path, caplog):
+    tok = WordTokenizer.from_captions(CAPTIONS)
+    words = sorted(set(" ".join(CAPTIONS).split()))
+    assert tok.words == tuple(words) and tok.max_length == 9 and tok.vocab_size == len(words) + 2
+    ids = tok(["", "Seven  above A 5"])
+    want = [[1] + [0] * 8, [1] + [words.index(w) + 2 for w in "seven above a 5".split()] + [0] * 4]
+    np.testing.assert_array_equal(ids, want)
+    assert ids.dtype == np.int32 and tok.decode(ids[1]) == "seven above a 5"
+    with pytest.raises(ValueError, match=r"'eleven', 'cat'.*vocabulary is: 2 3 5 a above"):
+        tok(["a small 5", "a eleven cat eleven"])
+    with caplog.at_level(logging.WARNING):
+        cut = tok(["a 3 to the left of a seven above a 2"])
+    assert "truncated: prompt 0: 'above a 2'" in caplog.text
+    np.testing.assert_array_equal(cut, tok(["a 3 to the left of a seven"]))
+    tok.save(tmp_path / "t.json")
+    assert WordTokenizer.load(tmp_path / "t.json") == tok
+
+
+def _encoder(tok, **kw):
+    return SmallTextEncoder(vocab_size=tok.vocab_size, max_length=12, width=16, num_heads=2, **kw)
+
+
+def test_small_encoder_masks_padding_and_refuses_bad_ids():
+    tok = WordTokenizer.from_captions(CAPTIONS)
+    enc = _encoder(tok)
+    ids = tok(CAPTIONS)
+    params = enc.init(jax.random.key(0), ids)["params"]
+    out = enc.apply({"params": params}, ids)
+    assert out.last_hidden_state.shape == (3, 9, 16) and out.pooled_output.shape == (3, 16)
+    assert len(out.hidden_states) == 3
+    # Padding is invisible to the real tokens: three more pad positions change nothing there.
+    longer = enc.apply({"params": params}, tok(CAPTIONS, max_length=12))
+    real = ids != 0
+    np.testing.assert_allclose(
+        longer.last_hidden_state[:, :9][real], out.last_hidden_state[real], rtol=1e-5, atol=1e-6
+    )
+    v = tok.vocab_size
+    with pytest.raises(ValueError, match=rf"token ids must lie in \[0, {v}\).*\[-1, {v}\]"):
+        enc.apply({"params": params}, np.array([[1, v, -1]]))
+    jitted = jax.jit(lambda i: enc.apply({"params": params}, i).last_hidden_state)
+    assert np.isnan(np.asarray(jitted(jnp.array([[1, v]])))).all()  # traced: NaN, not clamped
+    with pytest.raises(ValueError, match="length <= max_length 12"):
+        enc.apply({"params": params}, np.ones((1, 13), np.int32))
+
+
+def _text_model(tok, unet=None):
+    unet = unet if unet is not None else TinyDenoiser(num_classes=0)
+    return tc.TextConditionedModel(unet, tc.TrainedTextEncoder(_encoder(tok), tok))
+
+
+def _loss_and_step(model, cond_drop_prob=0.0):
+    loss_fn = training.make_diffusion_loss_fn(
+        model.apply,
+        schedule=schedules.make_schedule("linear", num_train_timesteps=1000),
+        cond_drop_prob=cond_drop_prob,
+        null_conditions=model.null_conditions(),
+    )
+    opt = training.make_optimizer(learning_rate=1e-2)
+    step = training.make_train_step(
+        loss_fn, opt, ema_decay_fn=training.ema_decay_schedule(decay=0.9)
+    )
+    return loss_fn, opt, jax.jit(step, compiler_options=FAST_COMPILE)
+
+
+def _batch(tok, captions, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(-1, 1, (len(captions), *IMAGE_SHAPE)).astype(np.float32)
+    return {"image": image, "input_ids": tok(captions)}
+
+
+def _init(model):
+    x = jnp.zeros((1, *IMAGE_SHAPE))
+    return model.init({"params": jax.random.key(0)}, x, jnp.zeros((1,)))["params"]
+
+
+def test_trained_encoder_is_updated_by_the_train_step():
+    tok = WordTokenizer.from_captions(CAPTIONS)
+    model = _text_model(tok)
+    _, opt, step = _loss_and_step(model, cond_drop_prob=0.25)
+    params = _init(model)
+    assert set(params) == {"unet", "text_encoder"}
+    state = training.create_train_state(params, opt)
+    new, metrics = step(state, _batch(tok, CAPTIONS * 2), jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"]))
+    for part in ("unet", "text_encoder"):
+        moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), params[part], new.params[part])
+        assert all(jax.tree.leaves(moved)), part  # every tensor of both networks is trained
+
+
+def test_caption_dropout_feeds_the_empty_caption():
+    tok = WordTokenizer.from_captions(CAPTIONS)
+    model = _text_model(tok)
+    params = _init(model)
+    keys = training.example_keys(jax.random.key(3), jnp.arange(6))
+    all_dropped = _loss_and_step(model, cond_drop_prob=1.0)[0]
+    kept = _loss_and_step(model, cond_drop_prob=0.0)[0]
+    batch = _batch(tok, CAPTIONS * 2)
+    empty = {**batch, "input_ids": tok([""] * 6)}
+    dropped_loss = all_dropped(params, batch, keys, jax.random.key(4))[0]
+    np.testing.assert_allclose(dropped_loss, kept(params, empty, keys, jax.random.key(4))[0])
+    assert not np.allclose(dropped_loss, kept(params, batch, keys, jax.random.key(4))[0])
+
+
+def test_context_width_must_match_the_unet():
+    tok = WordTokenizer.from_captions(CAPTIONS)
+    unet = models.TINY(num_classes=0, attention_type="transformer", context_dim=24)
+    with pytest.raises(
+        ValueError, match="16 wide but the U-Net's cross-attention takes context_dim=24"
+    ):
+        _text_model(tok, unet)
+    with pytest.raises(ValueError, match="context_dim=None"):
+        _text_model(tok, models.TINY(num_classes=0))
+
+
+def test_the_pooled_embedding_reaches_a_unet_that_takes_one():
+    class PooledDenoiser(TinyDenoiser):
+        def __call__(self, x, t, labels=None, context=None, pooled=None, train=False):
+            return super().__call__(x, t, labels, context, train) + pooled.sum()
+
+    tok = WordTokenizer.from_captions(CAPTIONS)
+    enc = tc.TrainedTextEncoder(_encoder(tok), tok)
+    model = tc.TextConditionedModel(PooledDenoiser(num_classes=0), enc, pooled_kwarg="pooled")
+    params = _init(model)
+    x, t, ids = jnp.zeros((2, *IMAGE_SHAPE)), jnp.zeros((2,)), tok(CAPTIONS[:2])
+    out = model.apply({"params": params}, x, t, input_ids=ids)
+    context, pooled = model.encode(params, ids)
+    plain = TinyDenoiser(num_classes=0).apply({"params": params["unet"]}, x, t, context=context)
+    np.testing.assert_allclose(out, plain + pooled.sum(), rtol=1e-6)
+
+
+def test_frozen_and_cached_pretrained_encoders():
+    pytest.importorskip("transformers")
+    from jaxdiff.text import load_tokenizer
+
+    module, clip = models.load_text_encoder(os.path.join(FIXTURES, "models", "sd1"))
+    tok = load_tokenizer(os.path.join(FIXTURES, "tokenizers", "clip"), max_length=16)
+    frozen = tc.FrozenTextEncoder(module, clip, tok, hidden_layer=-2)
+    cached = tc.CachedTextEncoder(frozen, CAPTIONS)
+    assert cached.for_prompts() is frozen and frozen.width == 32
+    losses = []
+    for conditioner in (frozen, cached):
+        model = tc.TextConditionedModel(TinyDenoiser(num_classes=0), conditioner)
+        loss_fn, opt, step = _loss_and_step(model, cond_drop_prob=0.5)
+        params = _init(model)
+        assert set(params) == {"unet"}  # the frozen encoder is not in the train state
+        batch = {
+            "image": _batch(tok, CAPTIONS)["image"],
+            "input_ids": conditioner.tokenize(CAPTIONS),
+        }
+        keys = training.example_keys(jax.random.key(3), jnp.arange(3))
+        losses.append(loss_fn(params, batch, keys, jax.random.key(4))[0])
+        state, _ = step(training.create_train_state(params, opt), batch, jax.random.key(1))
+        assert np.isfinite(jax.tree.leaves(state.params)[0]).all()
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)  # cache == running the encoder
+    np.testing.assert_array_equal(cached.tokenize(["", CAPTIONS[1]])[:, 0], [0, 2])
+    with pytest.raises(ValueError, match="not in the text-embedding cache"):
+        cached.tokenize(["a cat"])
