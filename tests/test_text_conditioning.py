@@ -199,3 +199,34 @@ def test_generators_refuse_the_other_kind_of_condition():
     labels = Generator(models.TINY(), None, schedule, **kw)
     with pytest.raises(ValueError, match="not conditioned on text .*class labels"):
         labels.sample(num_samples=2, sampler="ddim", num_steps=2, prompts=["a 3"])
+
+
+def test_config_text_builds_a_cached_frozen_pretrained_encoder(tmp_path):
+    pytest.importorskip("transformers")
+    from jaxdiff import data
+    from jaxdiff.experiment import base_config, validate_config
+    from jaxdiff.experiment import text as text_lib
+
+    config = base_config()
+    config.text.encoder = "pretrained"
+    with pytest.raises(ValueError, match="needs config.text.pretrained_dir"):
+        validate_config(config)
+    config.text.pretrained_dir = os.path.join(FIXTURES, "models", "sd1")
+    config.text.tokenizer_dir = os.path.join(FIXTURES, "tokenizers", "clip")
+    config.text.max_length = 20
+    config.data.name = "digit_scenes"
+    sizes = {"train": 6, "test": 1, "heldout": 1}
+    builder = data.get_builder("digit_scenes", data_dir=tmp_path, split_sizes=sizes)
+    unet = models.TINY(num_classes=0, attention_type="transformer", context_dim=16)
+    with pytest.raises(
+        ValueError, match="takes context_dim=16.*Set config.model.kwargs.context_dim=32"
+    ):
+        text_lib.model_for_training(config, unet, builder, str(tmp_path))
+    unet = models.TINY(num_classes=0, attention_type="transformer", context_dim=32)
+    model = text_lib.model_for_training(config, unet, builder, str(tmp_path))
+    captions = text_lib.read_captions(builder, "train")
+    assert isinstance(model.conditioner, tc.CachedTextEncoder)
+    assert model.conditioner.captions == ("", *dict.fromkeys(captions))
+    config.text.encoder, config.text.num_heads = "small", 5
+    with pytest.raises(ValueError, match="config.text.width=64 must be divisible by"):
+        validate_config(config)

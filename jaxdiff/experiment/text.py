@@ -107,8 +107,10 @@ def model_for_training(
     captions = read_captions(builder, config.data.split)
     if text_config.encoder == "pretrained":
         frozen = _pretrained(text_config)
-        conditioner = tc.CachedTextEncoder(frozen, captions) if text_config.cache else frozen
-        return conditioned_model(config, unet, conditioner)
+        model = conditioned_model(config, unet, frozen)  # checks the width before caching
+        if text_config.cache:
+            model = tc.TextConditionedModel(unet, tc.CachedTextEncoder(frozen, captions))
+        return model
     tokenizer = WordTokenizer.from_captions(captions, max_length=text_config.max_length)
     path = os.path.join(workdir, TOKENIZER_FILE)
     if os.path.exists(path):

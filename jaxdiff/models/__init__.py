@@ -1,5 +1,6 @@
 """Flax models: the U-Net family and its presets, the KL autoencoder, text encoders (CLIP,
-T5), and checkpoint conversion (diffusers and transformers layouts)."""
+T5, a small one trained from scratch), patching, and checkpoint conversion (diffusers and
+transformers layouts)."""
 
 from jaxdiff.models.attention import dot_product_attention, flash_attention
 from jaxdiff.models.autoencoder import AutoencoderKL, DiagonalGaussian
@@ -22,7 +23,9 @@ from jaxdiff.models.convert_vae import (
     load_diffusers_vae,
     load_flax_diffusers_vae,
 )
+from jaxdiff.models.patching import Patched
 from jaxdiff.models.presets import ADM_IMAGENET64, DDPM_CIFAR10, DIGITS, TINY
+from jaxdiff.models.small_text import SmallTextEncoder
 from jaxdiff.models.t5 import T5EncoderModel
 from jaxdiff.models.text_ops import TextEncoderOutput
 from jaxdiff.models.unet import UNet
@@ -35,7 +38,9 @@ __all__ = [
     "DDPM_CIFAR10",
     "DIGITS",
     "DiagonalGaussian",
+    "Patched",
     "SUPPORTED_ARCHITECTURES",
+    "SmallTextEncoder",
     "T5EncoderModel",
     "TINY",
     "TextEncoderOutput",
