@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine with Python >= 3.11 and pip:
 #   make train   -> creates .venv, installs jaxdiff, trains the embedded default, writes samples
 #   make test    -> creates .venv, installs jaxdiff with test extras, runs the test suite
+#   make train-text2img -> trains text-to-image on the digit scenes, then samples two prompts
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,9 @@ WORKDIR ?= workdirs/default
 VAE_WORKDIR ?= workdirs/digits_vae
 LATENT_WORKDIR ?= workdirs/digits_latent
 
-.PHONY: install train sample test lint format clean latent latent-benchmark
+T2I_WORKDIR ?= workdirs/text2img
+
+.PHONY: install train sample test lint format clean latent latent-benchmark train-text2img
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +25,12 @@ install: $(VENV)/.installed
 
 train: install
 	$(BIN)/python train.py --workdir=$(WORKDIR)
+
+train-text2img: install
+	$(BIN)/python train.py --config=configs/text2img.py \
+		--workdir=$(T2I_WORKDIR)
+	$(BIN)/python sample.py --workdir=$(T2I_WORKDIR) --prompt "a 3 to the left of a seven" \
+		--prompt "a small 5 in the top right" --guidance_scale 3 --num_samples 16
 
 sample: install
 	$(BIN)/python sample.py --workdir=$(WORKDIR)

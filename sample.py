@@ -4,8 +4,11 @@
   python sample.py --workdir=workdirs/default --labels=3,3,7 --guidance_scale=2 --seed=1
   python sample.py --diffusers_dir=path/to/pipeline --sampler=ddim --num_steps=50
   python sample.py --pipeline_dir=path/to/sd15 --prompt="a red fox" --num_steps=25 --out=out
+  python sample.py --workdir=workdirs/text2img --prompt "a 3 to the left of a seven" \
+      --prompt "a small 5 in the top right" --guidance_scale 3
 
-Writes <out>/samples.png (a grid) and <out>/samples.npz (images in [-1, 1], labels, seed).
+Writes <out>/samples.png (a grid) and <out>/samples.npz (images in [-1, 1], labels or
+prompts, seed).
 Image i depends only on (seed, i): the same seed gives the same images at any batch size.
 """
 
@@ -25,6 +28,9 @@ flags.DEFINE_string("sampler", "ddim", "Sampler name (see jaxdiff.samplers.avail
 flags.DEFINE_integer("num_steps", 20, "Number of sampling steps.")
 flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance scale (1: none).")
 flags.DEFINE_list("labels", None, "Class labels (cycled); default 0, 1, 2, ... cycling.")
+flags.DEFINE_multi_string(
+    "prompt", [], 'Text prompt of a text-conditioned model (repeatable, cycled; "": unconditional).'
+)
 flags.DEFINE_integer("num_samples", 64, "Number of images.")
 flags.DEFINE_integer("batch_size", 64, "Images per sampling call.")
 flags.DEFINE_integer("seed", 0, "Seed; image i depends only on (seed, i).")
@@ -92,6 +98,7 @@ def main(argv):
             num_steps=f.num_steps,
             guidance_scale=f.guidance_scale,
             labels=None if f.labels is None else [int(v) for v in f.labels],
+            prompts=f.prompt or None,
             seed=f.seed,
             batch_size=f.batch_size,
             options=dict(_parse_option(o) for o in f.option),

@@ -1,12 +1,13 @@
 """A tiny checkpointed training run, used as a subprocess by the resume and SIGTERM tests.
 
     python tests/resume_script.py WORKDIR NUM_STEPS [--kill-during-save-at STEP]
-        [--step-delay SECONDS] [--out FINAL.npz]
+        [--step-delay SECONDS] [--out FINAL.npz] [--text]
 
 Runs ``train_loop`` on 2 fake CPU devices (data-sharded), saving every 3 steps (async), and
 prints one line per event (``resumed N``, ``step N``, ``done N``). ``--kill-during-save-at``
 makes the process SIGKILL itself right after the asynchronous save of that step has started,
-i.e. while the checkpoint is being written.
+i.e. while the checkpoint is being written. ``--text`` trains a caption-conditioned denoiser
+with a small text encoder in the train state instead of the class-conditional one.
 """
 
 import argparse
@@ -49,13 +50,14 @@ def main() -> None:
     parser.add_argument("--kill-during-save-at", type=int, default=None)
     parser.add_argument("--step-delay", type=float, default=0.0)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--text", action="store_true")
     args = parser.parse_args()
     if cache := os.environ.get("RESUME_TEST_COMPILATION_CACHE"):
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
     mesh = sh.make_mesh()
-    init_fn, step_fn = build()
+    init_fn, step_fn = build(text=args.text)
     state, shardings = sh.init_sharded_state(init_fn, jax.random.key(1), mesh)
     directory = os.path.join(args.workdir, "checkpoints")
     ckpt = KillingCheckpointer(directory, args.kill_during_save_at, max_to_keep=2)
@@ -68,7 +70,7 @@ def main() -> None:
 
             time.sleep(args.step_delay)
 
-    data = CountingIterator(batch_size=8, seed=3)
+    data = CountingIterator(batch_size=8, seed=3, text=args.text)
     result = train_loop(
         sh.jit_train_step(step_fn, mesh, shardings),
         state,

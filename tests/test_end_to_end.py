@@ -211,3 +211,29 @@ def test_workdir_that_is_a_file(tmp_path):
         ["train.py", "--config=configs/default.py:smoke", f"--workdir={f}"], tmp_path, check=False
     )
     assert proc.returncode != 0 and "is a file" in proc.stderr
+
+
+def test_text2img_smoke_trains_resumes_and_samples_from_prompts(tmp_path):
+    work = tmp_path / "t2i"
+    args = ["train.py", "--config=configs/text2img.py:smoke", f"--workdir={work}"]
+    assert "Done: 4 steps" in run(args, tmp_path).stdout
+    assert (work / "tokenizer.json").exists() and (work / "samples" / "step_4.png").exists()
+    assert "Done: 6 steps" in run([*args, "--config.train.num_steps=6"], tmp_path).stdout
+    assert _committed_steps(work) == [2, 4, 6]
+    # Prompts cycled over the samples; the same sampler program as the run's grid (compiled
+    # once, the persistent cache serves it again).
+    long = "a 3 to the left of a seven above a 2 above a 1"
+    prompts = ["a 3 to the left of a seven", "a small 5 in the top right", "", long]
+    base = ["sample.py", f"--workdir={work}", "--num_steps=3", "--option=clip_sample=true"]
+    flags = ["--num_samples=7", "--batch_size=7", "--guidance_scale=3"]
+    proc = run([*base, *flags, *(f"--prompt={p}" for p in prompts)], tmp_path)
+    assert "truncated: prompt 3: 'above a 2 above a 1'" in proc.stderr  # cut, with a warning
+    out = np.load(work / "generated" / "samples.npz")
+    assert out["images"].shape == (7, 32, 32, 1) and np.all(np.isfinite(out["images"]))
+    np.testing.assert_array_equal(out["prompts"], (prompts * 2)[:7])
+    assert Image.open(work / "generated" / "samples.png").size[1] == 4 * 65 + 1  # a row each
+    proc = run([*base, "--prompt=a 3 to the left of a cat"], tmp_path, check=False)
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    assert (
+        "words outside the tokenizer's vocabulary: 'cat'. The vocabulary is: 0 1 2" in proc.stderr
+    )

@@ -1,6 +1,7 @@
 """Exact resume: a run killed (SIGKILL, 3 times, once during an async checkpoint write) and
-preempted (SIGTERM), resumed each time, ends bit-identical to an uninterrupted run. Runs
-tests/resume_script.py as subprocesses."""
+preempted (SIGTERM), resumed each time, ends bit-identical to an uninterrupted run; so does a
+run with a text encoder trained in the state, killed mid-run. Runs tests/resume_script.py as
+subprocesses."""
 
 import os
 import signal
@@ -89,4 +90,19 @@ def test_killed_and_preempted_run_resumes_bit_identically(tmp_path):
     # 5. Runs to the end from the latest committed checkpoint.
     rc, lines = _run(work, cache, "--out", str(tmp_path / "final.npz"))
     assert rc == 0 and lines[0] == f"resumed {stopped}" and lines[-1] == f"done {NUM_STEPS}"
+    _assert_bit_identical(tmp_path / "final.npz", reference)
+
+
+def test_run_with_a_text_encoder_in_the_state_resumes_bit_identically(tmp_path):
+    cache = tmp_path / "cache"
+    rc, lines = _run(tmp_path / "straight", cache, "--text", "--out", str(tmp_path / "s.npz"))
+    assert rc == 0 and lines[-1] == f"done {NUM_STEPS}", lines
+    reference = np.load(tmp_path / "s.npz")
+    assert any("text_encoder" in n for n in reference.files)
+    work = tmp_path / "interrupted"
+    rc, lines = _run(work, cache, "--text", "--step-delay", "0.05", until="step 8")
+    assert rc == -signal.SIGKILL and "step 8" in lines, lines  # SIGKILL mid-run
+    latest = _committed_steps(work)[-1]
+    rc, lines = _run(work, cache, "--text", "--out", str(tmp_path / "final.npz"))
+    assert rc == 0 and lines[0] == f"resumed {latest}" and lines[-1] == f"done {NUM_STEPS}", lines
     _assert_bit_identical(tmp_path / "final.npz", reference)

@@ -56,27 +56,39 @@ def init_params(model: nn.Module, key: jax.Array):
     ]
 
 
-def make_batch(seed: int, batch_size: int) -> dict[str, np.ndarray]:
+CAPTIONS = ("a small 5 in the top right", "a 3 to the left of a seven", "a two above a 2", "")
+
+
+def make_batch(seed: int, batch_size: int, text: bool = False) -> dict[str, np.ndarray]:
+    """Random images with labels, or (``text``) with the token ids of random captions."""
     rng = np.random.default_rng(seed)
-    return {
-        "image": rng.uniform(-1, 1, (batch_size, *IMAGE_SHAPE)).astype(np.float32),
-        "label": rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int32),
-    }
+    image = rng.uniform(-1, 1, (batch_size, *IMAGE_SHAPE)).astype(np.float32)
+    if text:
+        captions = [CAPTIONS[i] for i in rng.integers(0, len(CAPTIONS), batch_size)]
+        return {"image": image, "input_ids": word_tokenizer()(captions)}
+    return {"image": image, "label": rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int32)}
+
+
+def word_tokenizer():
+    from jaxdiff.text import WordTokenizer
+
+    return WordTokenizer.from_captions(CAPTIONS)
 
 
 class CountingIterator:
     """Deterministic batches indexed by position, with grain-style get_state/set_state."""
 
-    def __init__(self, batch_size: int, seed: int = 0):
+    def __init__(self, batch_size: int, seed: int = 0, text: bool = False):
         self.batch_size = batch_size
         self.seed = seed
         self.position = 0
+        self.text = text
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        batch = make_batch(self.seed * 100_003 + self.position, self.batch_size)
+        batch = make_batch(self.seed * 100_003 + self.position, self.batch_size, self.text)
         self.position += 1
         return batch
 
@@ -96,17 +108,30 @@ def build(
     compute_dtype=None,
     cond_drop_prob: float = 0.1,
     learning_rate: float = 1e-2,
+    text: bool = False,
 ):
-    """(init_fn, train_step) of a tiny class-conditional denoiser with AdamW + EMA."""
+    """(init_fn, train_step) of a tiny class-conditional denoiser with AdamW + EMA; with
+    ``text``, conditioned on captions through a small text encoder trained with it."""
     model = TinyDenoiser(features=features)
+    null = {"null_label": NUM_CLASSES}
+    if text:
+        from jaxdiff.models.small_text import SmallTextEncoder
+        from jaxdiff.training import text_conditioning as tc
+
+        tok = word_tokenizer()
+        encoder = SmallTextEncoder(tok.vocab_size, tok.max_length, width=8, num_heads=2)
+        model = tc.TextConditionedModel(
+            TinyDenoiser(features=features, num_classes=0), tc.TrainedTextEncoder(encoder, tok)
+        )
+        null = {"null_conditions": model.null_conditions()}
     lr = make_lr_schedule(learning_rate=learning_rate, warmup_steps=2)
     optimizer = make_optimizer(learning_rate=lr, weight_decay=1e-4, grad_clip_norm=1.0)
     loss_fn = make_diffusion_loss_fn(
         model.apply,
         schedule=schedules.make_schedule("linear", num_train_timesteps=1000),
         cond_drop_prob=cond_drop_prob,
-        null_label=NUM_CLASSES,
         compute_dtype=compute_dtype,
+        **null,
     )
     step = make_train_step(
         loss_fn,
@@ -116,6 +141,10 @@ def build(
         axis_name=axis_name,
         learning_rate_fn=lr,
     )
+    if text:
+        x = jnp.zeros((1, *IMAGE_SHAPE), jnp.float32)
+        init = lambda k: model.init({"params": k}, x, jnp.zeros((1,)))["params"]  # noqa: E731
+        return make_init_fn(init, optimizer), step
     return make_init_fn(lambda k: init_params(model, k), optimizer), step
 
 

@@ -14,6 +14,7 @@ from jaxdiff.data.builders import DIGITS_NUM_TRAIN, ArrayDataset, Digits
 from jaxdiff.data.folder import ImageFolder, scan_image_folder
 from jaxdiff.data.pipeline import AUTO_CACHE_BYTES, global_batch, make_pipeline
 from jaxdiff.data.reader import resize_center_crop
+from jaxdiff.data.scenes import DigitScenes
 from jaxdiff.data.sources import (
     LOCAL_DATASETS,
     DatasetMetadata,
@@ -30,6 +31,7 @@ __all__ = [
     "ArrayDataset",
     "DatasetMetadata",
     "DatasetNotPreparedError",
+    "DigitScenes",
     "Digits",
     "ImageFolder",
     "dataset_metadata",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grain
@@ -148,6 +148,7 @@ def make_pipeline(
     prefetch_batches: int = 4,
     cache: bool | None = None,
     with_index: bool = False,
+    transform: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     builder_kwargs: Mapping[str, Any] | None = None,
@@ -176,6 +177,10 @@ def make_pipeline(
       cache: read the split once into memory (at output size) and serve batches from there.
         None: when its images take at most `AUTO_CACHE_BYTES`.
       with_index: add `index` (int32 [b]), each record's position in its split.
+      transform: a function of each batch dict, run where batches are read (reader threads or
+        worker processes, so it must be picklable with `worker_count` > 0), e.g. tokenizing
+        captions (`jaxdiff.training.text_conditioning.TokenizeCaptions`). It must be
+        deterministic: resuming reads batches again by their number.
       data_dir, download, builder_kwargs: passed to `get_builder` when `source` is a name.
 
     Returns:
@@ -229,7 +234,10 @@ def make_pipeline(
         with_index=with_index,
     )
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
-    ds = grain.MapDataset.range(count).map(reader).to_iter_dataset(read)
+    ds = grain.MapDataset.range(count).map(reader)
+    if transform is not None:
+        ds = ds.map(transform)
+    ds = ds.to_iter_dataset(read)
     if worker_count > 0:
         _use_default_flags_if_unparsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))

@@ -22,10 +22,11 @@ import tensorflow_datasets as tfds
 
 from jaxdiff.data.builders import ArrayDataset, Digits
 from jaxdiff.data.folder import ImageFolder
+from jaxdiff.data.scenes import DigitScenes
 
 log = logging.getLogger(__name__)
 
-LOCAL_DATASETS = ("digits", "image_folder", "arrays")
+LOCAL_DATASETS = ("digits", "digit_scenes", "image_folder", "arrays")
 """Names `get_builder` resolves without the TFDS catalog."""
 
 _TF_EXTRA = "pip install 'jaxdiff[tf]'"
@@ -90,7 +91,12 @@ def _local_builder(name: str, data_dir: Path, kwargs: dict[str, Any]):
         raise ValueError("The image_folder dataset needs path=<folder of images>.")
     if name == "arrays" and "images" not in kwargs:
         raise ValueError("The arrays dataset needs images=<uint8 array [N, H, W, C]>.")
-    cls = {"digits": Digits, "image_folder": ImageFolder, "arrays": ArrayDataset}[name]
+    cls = {
+        "digits": Digits,
+        "digit_scenes": DigitScenes,
+        "image_folder": ImageFolder,
+        "arrays": ArrayDataset,
+    }[name]
     # Built under the lock, so that a dataset another process just prepared is read from disk.
     with _preparation_lock(data_dir, name):
         builder = cls(data_dir=os.fspath(data_dir), file_format="array_record", **kwargs)
@@ -142,7 +148,8 @@ def get_builder(
     """Returns the prepared TFDS builder of a dataset, preparing it first if needed.
 
     Args:
-      name: "digits" (scikit-learn's 8x8 digits, the default dataset), "image_folder"
+      name: "digits" (scikit-learn's 8x8 digits, the default dataset), "digit_scenes"
+        (captioned 32x32 scenes of digits, `jaxdiff.data.scenes`; option `seed=`), "image_folder"
         (needs `path=`; see `jaxdiff.data.folder`), "arrays" (needs `images=`; see
         `ArrayDataset`), or a TFDS catalog name such as "mnist", "cifar10" or
         "celeb_a:2.1.0".

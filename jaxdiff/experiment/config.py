@@ -18,6 +18,7 @@ import ml_collections
 from jaxdiff import diffusion, losses, samplers, schedules
 from jaxdiff.experiment.from_config import build_schedule
 from jaxdiff.experiment.sampling import check_sampler, sampler_options, sampler_prediction_type
+from jaxdiff.experiment.text import ENCODERS as TEXT_ENCODERS
 
 _PRESETS = ("DIGITS", "TINY", "DDPM_CIFAR10", "ADM_IMAGENET64")
 
@@ -39,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
         name="digits",
         split="train",
         path=placeholder(str),  # the folder of an "image_folder" dataset
+        builder_kwargs=ml_collections.ConfigDict(),  # options of a local builder, e.g. seed
         image_size=placeholder(int),  # None keeps the stored size
         global_batch_size=64,
         random_flip=False,
@@ -46,7 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
         download=False,
         worker_count=0,
     )
-    c.model = dict(preset="DIGITS", dtype="float32", kwargs=ml_collections.ConfigDict())
+    c.model = dict(
+        preset="DIGITS",
+        dtype="float32",
+        kwargs=ml_collections.ConfigDict(),
+        patch_size=1,  # > 1: the U-Net runs on p x p pixel patches folded into channels
+    )
     c.diffusion = dict(
         objective="diffusion",  # or "edm"
         beta_schedule="linear",
@@ -89,6 +96,20 @@ def base_config() -> ml_collections.ConfigDict:
         cond_drop_prob=0.1,
         fsdp=1,
         progress=True,
+    )
+    c.text = dict(  # captions -> the U-Net's cross-attention context (jaxdiff.experiment.text)
+        encoder="none",  # "none", "small" (trained with the U-Net) or "pretrained" (frozen)
+        max_length=placeholder(int),  # None: longest training caption ("small") / tokenizer's
+        width=64,  # "small": hidden size = the U-Net's context_dim
+        num_layers=2,
+        num_heads=4,
+        mlp_ratio=4,
+        dropout=0.0,
+        pretrained_dir=placeholder(str),  # "pretrained": a transformers text-encoder folder
+        tokenizer_dir=placeholder(str),  # default: the "tokenizer" folder beside it
+        hidden_layer=-1,  # "pretrained": -1 last hidden state, -2 penultimate, ...
+        cache=True,  # "pretrained": encode each distinct training caption once
+        sample_prompts=[],  # prompts of the training run's sample grids ([]: "")
     )
     c.sample = dict(
         sampler="ddim",
@@ -167,6 +188,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "name": (_STR, "a dataset name (digits, image_folder, cifar10, ...)"),
         "split": (_STR, "a split name"),
         "path": (_optional(_STR), "None or a folder path"),
+        "builder_kwargs": (lambda v: _is_dict(v), "a dict of the dataset builder's options"),
         "image_size": (_optional(_int(1)), "None or an int >= 1"),
         "global_batch_size": (_int(1), "an int >= 1"),
         "random_flip": (_BOOL, "a bool"),
@@ -178,6 +200,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "preset": (_one_of(*_PRESETS), f"one of {_PRESETS}"),
         "dtype": (_one_of("float32", "bfloat16"), "float32 or bfloat16"),
         "kwargs": (lambda v: _is_dict(v), "a dict of U-Net fields"),
+        "patch_size": (_int(1), "an int >= 1 dividing the image size"),
     },
     "diffusion": {
         "objective": (_one_of("diffusion", "edm"), "diffusion or edm"),
@@ -225,6 +248,23 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "cond_drop_prob": (_num(0, 1), "a float in [0, 1]"),
         "fsdp": (_int(1), "an int >= 1 dividing the device count"),
         "progress": (_BOOL, "a bool"),
+    },
+    "text": {
+        "encoder": (_one_of(*TEXT_ENCODERS), f"one of {TEXT_ENCODERS}"),
+        "max_length": (_optional(_int(2)), "None or an int >= 2"),
+        "width": (_int(1), "an int >= 1"),
+        "num_layers": (_int(1), "an int >= 1"),
+        "num_heads": (_int(1), "an int >= 1 dividing config.text.width"),
+        "mlp_ratio": (_int(1), "an int >= 1"),
+        "dropout": (_num(0, 1), "a float in [0, 1]"),
+        "pretrained_dir": (_optional(_STR), "None or a transformers text-encoder folder"),
+        "tokenizer_dir": (_optional(_STR), "None or a tokenizer folder"),
+        "hidden_layer": (_int(), "an int (-1: the last hidden state)"),
+        "cache": (_BOOL, "a bool"),
+        "sample_prompts": (
+            lambda v: isinstance(v, list | tuple) and all(isinstance(p, str) for p in v),
+            "a list of prompts",
+        ),
     },
     "sample": {
         "sampler": (_one_of(*samplers.available()), str(samplers.available())),
@@ -310,6 +350,7 @@ def _check_relations(config: Mapping[str, Any]) -> None:
         )
     if config["data"]["name"] == "image_folder" and not config["data"]["path"]:
         raise ValueError("config.data.path must name the folder of an image_folder dataset.")
+    _check_text(config["text"])
     if config["data"]["global_batch_size"] % config["optim"]["grad_accum_steps"]:
         raise ValueError("config.data.global_batch_size must be divisible by grad_accum_steps.")
     _check_sampling(config)
@@ -351,6 +392,19 @@ def _check_autoencoder_and_latent(config: Mapping[str, Any]) -> None:
         raise ValueError(
             f"config.latent.scaling_factor={latent['scaling_factor']} and "
             "estimate_scaling_factor=True: give one of them."
+        )
+
+
+def _check_text(text: Mapping[str, Any]) -> None:
+    if text["encoder"] == "small" and text["width"] % text["num_heads"]:
+        raise ValueError(
+            f"config.text.width={text['width']} must be divisible by "
+            f"config.text.num_heads={text['num_heads']}."
+        )
+    if text["encoder"] == "pretrained" and not text["pretrained_dir"]:
+        raise ValueError(
+            "config.text.encoder='pretrained' needs config.text.pretrained_dir (a "
+            "transformers-format CLIP or T5 text-encoder folder)."
         )
 
 

@@ -13,8 +13,10 @@ import optax
 
 from jaxdiff import data as data_lib
 from jaxdiff import models, training
+from jaxdiff.models.patching import Patched
 from jaxdiff.schedules import DiscreteSchedule, EDMSchedule, make_schedule
 from jaxdiff.training.step import TrainStepFn
+from jaxdiff.training.text_conditioning import TextConditionedModel
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -30,6 +32,7 @@ class ImageDataset(NamedTuple):
 def open_dataset(data_config: Mapping[str, Any]) -> ImageDataset:
     """Prepare (once) and describe the dataset of ``config.data``."""
     extra = {"path": data_config["path"]} if data_config["name"] == "image_folder" else {}
+    extra.update(dict(data_config.get("builder_kwargs", {})))
     builder = data_lib.get_builder(
         data_config["name"],
         data_dir=data_config["data_dir"],
@@ -74,8 +77,9 @@ def build_model(
     num_classes: int | None,
     image_channels: int | None = None,
     learned_variance: bool = False,
-) -> models.UNet:
-    """The U-Net of ``config.model`` (a preset plus field overrides), checked against the data.
+) -> models.UNet | Patched:
+    """The U-Net of ``config.model`` (a preset plus field overrides), checked against the data
+    (run on pixel patches, `jaxdiff.models.patching.Patched`, when ``patch_size`` > 1).
 
     Args:
       model_config: ``config.model``.
@@ -108,9 +112,10 @@ def build_model(
             f"config.model has num_classes={model.num_classes} but the dataset has "
             f"{num_classes} classes; set config.model.kwargs.num_classes={num_classes}."
         )
+    patch = model_config["patch_size"]
     if image_channels is not None:
-        _check_output_channels(preset_name, model, image_channels, learned_variance)
-    return model
+        _check_output_channels(preset_name, model, image_channels * patch**2, learned_variance)
+    return Patched(model, patch_size=patch) if patch > 1 else model
 
 
 def _check_output_channels(preset_name, model, channels: int, learned_variance: bool) -> None:
@@ -164,7 +169,8 @@ def build_train_step(
 ) -> TrainStepFn:
     """The pure train step of ``config.diffusion`` / ``config.ema`` / ``config.optim``."""
     diffusion_config, ema = config.diffusion, config.ema
-    conditional = bool(model.num_classes)
+    text = isinstance(model, TextConditionedModel)
+    conditional = bool(model.num_classes) or text
     loss_fn = training.make_diffusion_loss_fn(
         model.apply,
         schedule=schedule,
@@ -178,7 +184,8 @@ def build_train_step(
             "sigma_data": diffusion_config.sigma_data,
         },
         cond_drop_prob=config.train.cond_drop_prob if conditional else 0.0,
-        null_label=model.num_classes if conditional else None,
+        null_label=model.num_classes or None,
+        null_conditions=model.null_conditions() if text else None,
         learned_variance=diffusion_config.learned_variance,
         vlb_weight=diffusion_config.vlb_weight,
     )

@@ -17,10 +17,13 @@ from jaxdiff import data as data_lib
 from jaxdiff import training
 from jaxdiff.experiment import from_config, images
 from jaxdiff.experiment import latent as latent_lib
+from jaxdiff.experiment import text as text_lib
 from jaxdiff.experiment import workdir as workdir_lib
 from jaxdiff.experiment.autoencoder_run import train_autoencoder
 from jaxdiff.experiment.config import validate_config
 from jaxdiff.experiment.sampling import Generator
+from jaxdiff.experiment.text_sampling import TextGenerator
+from jaxdiff.training.text_conditioning import INPUT_IDS, TokenizeCaptions
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -50,6 +53,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         learned_variance=diffusion_config.learned_variance,
     )
     schedule = from_config.build_schedule(diffusion_config)
+    text = text_lib.is_text_conditioned(config)
+    if text:  # the U-Net reads captions through a text encoder
+        model = text_lib.model_for_training(config, model, dataset.builder, workdir)
     if jax.process_index() == 0:
         workdir_lib.write_run_files(
             workdir,
@@ -70,10 +76,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, shardings = latent.add_to_state(state, shardings, mesh)
         train_step = latent.wrap_train_step(train_step)
     step_fn = training.jit_train_step(train_step, mesh, shardings)
-    generator = Generator(
+    extra = {"prompts": config.text.sample_prompts} if text else {}
+    generator = (TextGenerator if text else Generator)(
         model,
         None,
         schedule,
+        **extra,
         objective=diffusion_config.objective,
         prediction_type=diffusion_config.prediction_type,
         sigma_data=diffusion_config.sigma_data,
@@ -98,10 +106,12 @@ def _run_loop(config, workdir, dataset, generator, step_fn, state, key, mesh, la
         random_flip=data_config.random_flip,
         worker_count=data_config.worker_count,
         with_index=latent is not None,
+        transform=_caption_transform(generator),
     )
     if latent is not None:
         pipeline = latent.wrap_pipeline(pipeline)  # cached moments instead of images
     keep = ("image", "moments", "label") if generator.num_classes else ("image", "moments")
+    keep += (INPUT_IDS,) if isinstance(generator, TextGenerator) else ()
 
     def put_batch(batch):
         return training.global_batch({k: v for k, v in batch.items() if k in keep}, mesh)
@@ -140,6 +150,13 @@ def _run_loop(config, workdir, dataset, generator, step_fn, state, key, mesh, la
     return {"step": result.step, "workdir": workdir, "preempted": result.preempted}
 
 
+def _caption_transform(generator) -> TokenizeCaptions | None:
+    """Host-side tokenization of the captions in the pipeline (text-conditioned runs)."""
+    if not isinstance(generator, TextGenerator):
+        return None
+    return TokenizeCaptions(generator.model.conditioner.tokenize)
+
+
 def _log_callback(config, workdir, generator, writer, bar, start_step):
     """Every log step: progress bar, TensorBoard scalars, and the sample grid when due."""
     clock = {"time": time.perf_counter(), "step": start_step}
@@ -167,8 +184,9 @@ def _log_callback(config, workdir, generator, writer, bar, start_step):
 def draw_sample_grid(
     generator: Generator, sample_config: ml_collections.ConfigDict, params: Any, path: str
 ) -> None:
-    """The run's sample grid of ``config.sample`` (classes 0, 1, 2, ... cycling) as a PNG."""
-    samples, _ = generator.sample(
+    """The run's sample grid of ``config.sample`` (classes 0, 1, 2, ... cycling, or the
+    prompts of ``config.text.sample_prompts``) as a PNG."""
+    samples, conditions = generator.sample(
         params=params,
         num_samples=sample_config.num_samples,
         sampler=sample_config.sampler,
@@ -179,4 +197,5 @@ def draw_sample_grid(
         options=dict(sample_config.options),
         progress=False,
     )
-    images.save_sample_grid(samples, path, num_classes=generator.num_classes)
+    prompts = conditions if isinstance(generator, TextGenerator) else None
+    images.save_sample_grid(samples, path, num_classes=generator.num_classes, prompts=prompts)

@@ -79,7 +79,8 @@ def model_fn_for_sampling(
     sigma_data: float = 0.5,
     image_channels: int | None = None,
 ) -> Callable[..., jax.Array]:
-    """``model_fn(x_t, t, labels=None)`` in the samplers' variance-preserving contract.
+    """``model_fn(x_t, t, labels=None, **cond)`` in the samplers' variance-preserving contract
+    (``cond``, e.g. a text ``context``, is passed on to ``model.apply``).
 
     For an EDM-trained model t is sigma and the function returns the preconditioned
     denoiser's x_0 ("sample" prediction) of x = x_t sqrt(1 + sigma^2) (the same wrapper as
@@ -87,15 +88,17 @@ def model_fn_for_sampling(
     only that many channels (drops a learned variance that the sampler does not read).
     """
 
-    def apply(x, t, labels=None):
-        out = model.apply({"params": params}, x, t, labels=labels).astype(jnp.float32)
+    def apply(x, t, labels=None, **cond):
+        out = model.apply({"params": params}, x, t, labels=labels, **cond).astype(jnp.float32)
         return out if image_channels is None else out[..., :image_channels]
 
     if objective != "edm":
         return apply
 
-    def edm_fn(x_vp, sigma, labels=None):
-        denoiser = losses.edm_denoiser(lambda x, c_noise: apply(x, c_noise, labels), sigma_data)
+    def edm_fn(x_vp, sigma, labels=None, **cond):
+        denoiser = losses.edm_denoiser(
+            lambda x, c_noise: apply(x, c_noise, labels, **cond), sigma_data
+        )
         return denoiser(x_vp * expand(jnp.sqrt(1.0 + sigma**2), x_vp), sigma)
 
     return edm_fn
@@ -194,6 +197,7 @@ class Generator:
         num_steps: int,
         guidance_scale: float = 1.0,
         labels: Sequence[int] | None = None,
+        prompts: Sequence[str] | None = None,
         seed: int = 0,
         batch_size: int = 64,
         options: Mapping[str, Any] | None = None,
@@ -208,8 +212,16 @@ class Generator:
         (seed, i), whatever the batch size. With a guidance scale other than 1, classifier-free
         guidance runs with the null class (``model.num_classes``) as the unconditional input.
         ``params`` replaces the generator's parameters for this call (same compiled function).
+        ``prompts`` are refused: they are for a text-conditioned model
+        (:class:`jaxdiff.experiment.text_sampling.TextGenerator`).
         """
         from tqdm.auto import tqdm
+
+        if prompts:
+            raise ValueError(
+                "Prompts were given but this model is not conditioned on text (it takes "
+                f"{'class labels' if self.num_classes else 'no condition'})."
+            )
 
         if labels is None and self.num_classes:
             labels = np.arange(num_samples) % self.num_classes

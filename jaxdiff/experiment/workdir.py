@@ -9,6 +9,8 @@ Layout (written by :func:`jaxdiff.experiment.train_and_evaluate`)::
     run_info.json         dataset facts sampling needs without the dataset: image shape and
                           class count (fixed for a workdir: a resume on other data is refused)
     samples/step_N.png    sample grids; generated/ is sample.py's default output
+    tokenizer.json        the word tokenizer of a run with a text encoder trained from scratch
+                          (config.text.encoder="small"; see jaxdiff.experiment.text)
 
 Sampling reads the config saved in the checkpoint it restores, never config.json, so a
 resume with new flags cannot change how an older step is read.
@@ -25,11 +27,13 @@ import jax
 import ml_collections
 
 from jaxdiff import training
+from jaxdiff.experiment import text as text_lib
 from jaxdiff.experiment.autoencoder import LatentDecoder, module_from_fields
 from jaxdiff.experiment.autoencoder import init_params_fn as ae_init_params_fn
 from jaxdiff.experiment.config import config_from_dict
 from jaxdiff.experiment.from_config import build_model, build_schedule, init_params_fn
 from jaxdiff.experiment.sampling import Generator
+from jaxdiff.experiment.text_sampling import TextGenerator
 
 CHECKPOINTS = "checkpoints"
 CONFIG_JSON = "config.json"
@@ -91,9 +95,14 @@ def read_run_info(workdir: str) -> dict[str, Any]:
 
 
 def generator_from_config(
-    config: ml_collections.ConfigDict, info: dict[str, Any], params: Any = None
+    config: ml_collections.ConfigDict,
+    info: dict[str, Any],
+    params: Any = None,
+    workdir: str | None = None,
 ) -> Generator:
-    """The :class:`Generator` of a run's config and dataset facts (``params`` may follow)."""
+    """The :class:`Generator` of a run's config and dataset facts (``params`` may follow);
+    a :class:`TextGenerator` for a text-conditioned run (whose ``workdir`` holds its
+    tokenizer)."""
     diffusion_config = config.diffusion
     shape = tuple(info["image_shape"])
     model = build_model(
@@ -102,10 +111,15 @@ def generator_from_config(
         image_channels=shape[-1],
         learned_variance=diffusion_config.learned_variance,
     )
-    return Generator(
+    extra = {}
+    if text_lib.is_text_conditioned(config):
+        model = text_lib.model_for_sampling(config, model, workdir)
+        extra = {"prompts": config.text.sample_prompts}
+    return (TextGenerator if extra else Generator)(
         model,
         params,
         build_schedule(diffusion_config),
+        **extra,
         objective=diffusion_config.objective,
         prediction_type=diffusion_config.prediction_type,
         sigma_data=diffusion_config.sigma_data,
@@ -140,7 +154,8 @@ def load_workdir(workdir: str, *, step: int | None = None) -> Generator:
     with training.Checkpointer(os.path.join(workdir, CHECKPOINTS), read_only=True) as ckpt:
 
         def read(at_step: int) -> Generator:
-            generator = generator_from_config(config_from_dict(ckpt.read_config(at_step)), info)
+            config = config_from_dict(ckpt.read_config(at_step))
+            generator = generator_from_config(config, info, workdir=workdir)
             abstract = jax.eval_shape(
                 init_params_fn(generator.model, generator.image_shape), jax.random.key(0)
             )

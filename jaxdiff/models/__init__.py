@@ -1,6 +1,7 @@
 """Flax models: the U-Net family and its presets, the KL autoencoder, text encoders (CLIP,
-T5), the CLIP vision tower, the FID Inception-v3, and checkpoint conversion (diffusers,
-transformers and pytorch-fid layouts)."""
+T5, a small one trained from scratch), patching, the CLIP vision tower, the FID Inception-v3,
+a PatchGAN discriminator, and checkpoint conversion (diffusers, transformers and pytorch-fid
+layouts)."""
 
 from jaxdiff.models.attention import dot_product_attention, flash_attention
 from jaxdiff.models.autoencoder import AutoencoderKL, DiagonalGaussian
@@ -35,7 +36,9 @@ from jaxdiff.models.convert_vae import (
 )
 from jaxdiff.models.discriminator import PatchDiscriminator
 from jaxdiff.models.inception import FIDInceptionV3
+from jaxdiff.models.patching import Patched
 from jaxdiff.models.presets import ADM_IMAGENET64, DDPM_CIFAR10, DIGITS, TINY
+from jaxdiff.models.small_text import SmallTextEncoder
 from jaxdiff.models.t5 import T5EncoderModel
 from jaxdiff.models.text_ops import TextEncoderOutput
 from jaxdiff.models.unet import UNet
@@ -54,7 +57,9 @@ __all__ = [
     "FIDInceptionV3",
     "NoisyClassifier",
     "PatchDiscriminator",
+    "Patched",
     "SUPPORTED_ARCHITECTURES",
+    "SmallTextEncoder",
     "T5EncoderModel",
     "TINY",
     "TextEncoderOutput",

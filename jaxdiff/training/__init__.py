@@ -27,9 +27,23 @@ from jaxdiff.training.sharding import (
 )
 from jaxdiff.training.state import TrainState, create_train_state, make_init_fn
 from jaxdiff.training.step import example_keys, make_train_step
+from jaxdiff.training.text_conditioning import (
+    CachedTextEncoder,
+    FrozenTextEncoder,
+    TextConditionedModel,
+    TextConditioner,
+    TokenizeCaptions,
+    TrainedTextEncoder,
+)
 from jaxdiff.training.vae_objective import make_vae_loss_fn, make_vae_terms_fn
 
 __all__ = [
+    "CachedTextEncoder",
+    "FrozenTextEncoder",
+    "TextConditionedModel",
+    "TextConditioner",
+    "TokenizeCaptions",
+    "TrainedTextEncoder",
     "LoopResult",
     "NonFiniteLossError",
     "train_loop",

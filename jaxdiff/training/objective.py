@@ -7,7 +7,9 @@ into ``loss_fn(params, batch, example_keys, batch_key) -> (loss [B], aux)``:
 - timesteps, noise and the classifier-free-guidance condition dropout are drawn per example
   from ``example_keys``, so results do not depend on how the batch is split;
 - condition dropout (Ho & Salimans 2022) replaces a label by the null id (``num_classes``)
-  and zeroes a context with probability ``cond_drop_prob``;
+  and zeroes a context with probability ``cond_drop_prob``; other batch entries named in
+  ``null_conditions`` (e.g. a caption's token ids) are replaced by their null value (the
+  empty caption's ids) and passed to the model under their batch names;
 - mixed precision: with ``compute_dtype`` (e.g. bfloat16) the float parameters and model
   inputs are cast for the forward pass only; parameters, gradients and the optimizer state
   stay float32 and the loss is computed in float32.
@@ -61,6 +63,7 @@ def make_diffusion_loss_fn(
     weighting_options: Mapping[str, Any] | None = None,
     cond_drop_prob: float = 0.0,
     null_label: int | None = None,
+    null_conditions: Mapping[str, Any] | None = None,
     learned_variance: bool = False,
     vlb_weight: float = 0.001,
     compute_dtype: Any = None,
@@ -81,6 +84,9 @@ def make_diffusion_loss_fn(
       cond_drop_prob: probability of dropping an example's condition (CFG training).
       null_label: the label id meaning "no class" (the model's ``num_classes``); needed when
         the batch has labels and ``cond_drop_prob > 0``.
+      null_conditions: batch entries that are model inputs, each with the value [...] that
+        replaces a dropped example's (e.g. ``{"input_ids": empty caption ids [L]}``, see
+        `jaxdiff.training.text_conditioning`); passed to the model as keyword arguments.
       learned_variance: the model returns twice the image channels (prediction, then
         variance values in [-1, 1], read as in the "ddpm" sampler's
         ``variance_type="learned_range"``); trained with the hybrid loss of Nichol &
@@ -101,6 +107,7 @@ def make_diffusion_loss_fn(
     if learned_variance:
         losses.check_learned_variance(schedule, prediction_type)
     options = dict(weighting_options or {})
+    nulls = {k: jnp.asarray(v) for k, v in (null_conditions or {}).items()}
 
     def loss_fn(params, batch, example_keys, batch_key):
         if cond_drop_prob > 0 and label_key in batch and null_label is None:
@@ -114,6 +121,7 @@ def make_diffusion_loss_fn(
         noise = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], jnp.float32))(k_noise)
         drop = jax.vmap(lambda k: jax.random.bernoulli(k, cond_drop_prob))(k_drop)
         cond = _dropped_conditions(batch, drop, label_key, context_key, null_label)
+        cond.update(_replaced_where_dropped(batch, drop, nulls))
         p = params if compute_dtype is None else _cast_floats(params, compute_dtype)
 
         def model_fn(x, time):
@@ -169,3 +177,19 @@ def _dropped_conditions(
         keep = (~drop).astype(context.dtype).reshape((-1,) + (1,) * (context.ndim - 1))
         cond["context"] = context * keep
     return cond
+
+
+def _replaced_where_dropped(
+    batch: Mapping[str, Any], drop: jax.Array, nulls: Mapping[str, jax.Array]
+) -> dict[str, jax.Array]:
+    """The ``null_conditions`` entries of the batch, with dropped examples' rows replaced."""
+    out = {}
+    for name, null in nulls.items():
+        if name not in batch:
+            raise ValueError(
+                f"null_conditions names {name!r}, which the batch lacks: {sorted(batch)}."
+            )
+        value = jnp.asarray(batch[name])
+        where = drop.reshape((-1,) + (1,) * (value.ndim - 1))
+        out[name] = jnp.where(where, null.astype(value.dtype), value)
+    return out
