@@ -29,17 +29,19 @@ flags.DEFINE_integer("num_steps", 20, "Number of sampling steps.")
 flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance scale (1: none).")
 flags.DEFINE_list("labels", None, "Class labels (cycled); default 0, 1, 2, ... cycling.")
 flags.DEFINE_multi_string(
-    "prompt", [], 'Text prompt of a text-conditioned model (repeatable, cycled; "": unconditional).'
+    "prompt",
+    [],
+    "Text prompt (repeatable, cycled) of a text-conditioned workdir or of --pipeline_dir; "
+    '"": unconditional.',
 )
 flags.DEFINE_integer("num_samples", 64, "Number of images.")
 flags.DEFINE_integer("batch_size", 64, "Images per sampling call.")
 flags.DEFINE_integer("seed", 0, "Seed; image i depends only on (seed, i).")
 flags.DEFINE_multi_string("option", [], "Sampler option name=value (repeatable), e.g. eta=0.5.")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/generated).")
-# Stable Diffusion pipelines (jaxdiff.pipelines.cli); --num_steps, --seed, --batch_size,
-# --sampler, --option, --guidance_scale and --out apply too.
+# Stable Diffusion pipelines (jaxdiff.pipelines.cli); --prompt, --num_steps, --seed,
+# --batch_size, --sampler, --option, --guidance_scale and --out apply too.
 flags.DEFINE_string("pipeline_dir", None, "Or: a diffusers Stable Diffusion / SDXL pipeline.")
-flags.DEFINE_multi_string("prompt", [], "Prompt for --pipeline_dir (repeatable).")
 flags.DEFINE_string("negative_prompt", None, "Negative prompt for --pipeline_dir.")
 flags.DEFINE_string("image", None, "Input image: image-to-image (or inpainting with --mask).")
 flags.DEFINE_float("strength", None, "Image-to-image / inpainting strength in (0, 1].")
