@@ -78,7 +78,10 @@ def build_classifier(
         )
     # A config read back from JSON holds lists; module fields must be hashable.
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    return models.NoisyClassifier(**kwargs)
+    try:
+        return models.NoisyClassifier(**kwargs)
+    except ValueError as e:  # the U-Net's own checks of its fields
+        raise ValueError(f"config.classifier.kwargs: {e}") from None
 
 
 def init_params_fn(

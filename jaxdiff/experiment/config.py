@@ -373,10 +373,10 @@ def _check_relations(config: Mapping[str, Any]) -> None:
     _check_text(config["text"])
     if config["data"]["global_batch_size"] % config["optim"]["grad_accum_steps"]:
         raise ValueError("config.data.global_batch_size must be divisible by grad_accum_steps.")
+    if config["task"] == "classifier":  # before config.sample: the schedule is the point
+        _check_classifier(config)
     _check_sampling(config)
     _check_autoencoder_and_latent(config)
-    if config["task"] == "classifier":
-        _check_classifier(config)
 
 
 # config.latent fields that mean something only with a VAE, and their "off" values.
