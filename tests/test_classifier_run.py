@@ -13,10 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import training
-from jaxdiff.experiment import load_workdir, train_and_evaluate, validate_config
+from jaxdiff import models, training
+from jaxdiff.experiment import Generator, load_workdir, train_and_evaluate, validate_config
 from jaxdiff.experiment.autoencoder_run import load_autoencoder_workdir
 from jaxdiff.experiment.classifier_run import load_classifier_workdir
+from jaxdiff.experiment.classifier_sampling import ClassifierGuidedGenerator
+from jaxdiff.schedules import make_schedule
 
 HERE = os.path.dirname(__file__)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "configs"))
@@ -184,3 +186,37 @@ def test_bad_classifier_setups_are_named_before_compiling(data_dir, tmp_path, kw
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="allowed: smoke"):
         digits_classifier.get_config("big")
+
+
+def _unconditional_generator(schedule, **unet_fields):
+    unet = models.UNet(channels=(8,), num_res_blocks=1, attention_levels=(), norm_groups=4,
+                       mid_attention=False, **unet_fields)  # fmt: skip
+    x, t = jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,))
+    labels = jnp.zeros((1,), jnp.int32) if unet_fields.get("num_classes") else None
+    params = jax.jit(unet.init)(jax.random.key(0), x, t, labels=labels)["params"]
+    return Generator(unet, params, schedule, objective="diffusion", prediction_type="epsilon",
+                     sigma_data=0.5, image_shape=(8, 8, 1))  # fmt: skip
+
+
+def test_classifier_guided_generator(trained):
+    """sample.py --classifier_workdir: scale 0 is the unguided model, a scale > 0 moves the
+    samples; labels, conditional models and other schedules are refused."""
+    classifier = load_classifier_workdir(str(trained))
+    base = _unconditional_generator(classifier[2])
+    guided = ClassifierGuidedGenerator(base, *classifier)
+    assert guided.num_classes == 10
+    kwargs = dict(num_samples=4, sampler="ddim", num_steps=3, seed=2, progress=False)
+    plain, _ = base.sample(**kwargs)
+    unguided, labels = guided.sample(**kwargs, guidance_scale=0.0, labels=[3, 7])
+    np.testing.assert_array_equal(labels, [3, 7, 3, 7])
+    np.testing.assert_allclose(unguided, plain, rtol=1e-5, atol=1e-5)
+    steered, _ = guided.sample(**kwargs, guidance_scale=50.0, labels=[3, 7])
+    assert np.all(np.isfinite(steered)) and np.abs(steered - plain).max() > 1e-3
+    with pytest.raises(ValueError, match="Class label 10 is out of range"):
+        guided.sample(**kwargs, labels=[10])
+    with pytest.raises(ValueError, match="model is conditional"):
+        ClassifierGuidedGenerator(_unconditional_generator(classifier[2], num_classes=10),
+                                  *classifier)  # fmt: skip
+    with pytest.raises(ValueError, match="another noise schedule"):
+        ClassifierGuidedGenerator(_unconditional_generator(make_schedule("cosine", 1000)),
+                                  *classifier)  # fmt: skip
