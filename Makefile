@@ -10,8 +10,11 @@ VAE_WORKDIR ?= workdirs/digits_vae
 LATENT_WORKDIR ?= workdirs/digits_latent
 
 T2I_WORKDIR ?= workdirs/text2img
+CLF_WORKDIR ?= workdirs/digits_classifier
+UNCOND_WORKDIR ?= workdirs/digits_uncond
 
-.PHONY: install train sample test lint format clean latent latent-benchmark train-text2img
+.PHONY: install train sample test lint format clean latent latent-benchmark train-text2img \
+	classifier classifier-guidance
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +49,15 @@ latent: install
 latent-benchmark: install
 	$(BIN)/python benchmarks/latent_digits.py --vae_workdir=$(VAE_WORKDIR) \
 		--latent_workdir=$(LATENT_WORKDIR) --pixel_workdir=$(WORKDIR)
+
+# The noisy classifier of classifier guidance (configs/digits_classifier.py), then the guidance
+# benchmark: an unconditional digits model (trained if missing) steered by it.
+classifier: install
+	$(BIN)/python train.py --config=configs/digits_classifier.py --workdir=$(CLF_WORKDIR)
+
+classifier-guidance: classifier
+	$(BIN)/python benchmarks/classifier_guidance.py --workdir=$(UNCOND_WORKDIR) \
+		--classifier_workdir=$(CLF_WORKDIR)
 
 test: install
 	$(BIN)/python -m pytest -q tests

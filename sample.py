@@ -3,6 +3,8 @@
   python sample.py --workdir=workdirs/default --sampler=dpm_solver --num_steps=20
   python sample.py --workdir=workdirs/default --labels=3,3,7 --guidance_scale=2 --seed=1
   python sample.py --diffusers_dir=path/to/pipeline --sampler=ddim --num_steps=50
+  python sample.py --workdir=workdirs/digits_uncond \
+      --classifier_workdir=workdirs/digits_classifier --classifier_scale=2 --sampler=ddpm
   python sample.py --pipeline_dir=path/to/sd15 --prompt="a red fox" --num_steps=25 --out=out
   python sample.py --workdir=workdirs/text2img --prompt "a 3 to the left of a seven" \
       --prompt "a small 5 in the top right" --guidance_scale 3
@@ -28,6 +30,10 @@ flags.DEFINE_string("sampler", "ddim", "Sampler name (see jaxdiff.samplers.avail
 flags.DEFINE_integer("num_steps", 20, "Number of sampling steps.")
 flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance scale (1: none).")
 flags.DEFINE_list("labels", None, "Class labels (cycled); default 0, 1, 2, ... cycling.")
+flags.DEFINE_string(
+    "classifier_workdir", None, "Guide an unconditional --workdir by this classifier run."
+)
+flags.DEFINE_float("classifier_scale", 1.0, "Classifier guidance scale (0: unguided).")
 flags.DEFINE_multi_string(
     "prompt",
     [],
@@ -74,6 +80,19 @@ def _run_pipeline(f):
     print(f"Wrote {len(images)} images to {out}/image_*.png and images.npz.")
 
 
+def _guided(gen, f):
+    """The Generator of --workdir guided by the classifier of --classifier_workdir."""
+    from jaxdiff.experiment.classifier_run import load_classifier_workdir
+    from jaxdiff.experiment.classifier_sampling import ClassifierGuidedGenerator
+
+    if f["guidance_scale"].present:
+        raise ValueError(
+            "--guidance_scale is classifier-free guidance of a conditional model; with "
+            "--classifier_workdir give --classifier_scale."
+        )
+    return ClassifierGuidedGenerator(gen, *load_classifier_workdir(f.classifier_workdir))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -94,11 +113,14 @@ def main(argv):
             if f.workdir
             else load_diffusers_dir(f.diffusers_dir)
         )
+        scale = f.guidance_scale
+        if f.classifier_workdir is not None:
+            gen, scale = _guided(gen, f), f.classifier_scale
         samples, labels = gen.sample(
             num_samples=f.num_samples,
             sampler=f.sampler,
             num_steps=f.num_steps,
-            guidance_scale=f.guidance_scale,
+            guidance_scale=scale,
             labels=None if f.labels is None else [int(v) for v in f.labels],
             prompts=f.prompt or None,
             seed=f.seed,

@@ -1,9 +1,11 @@
-"""Train a diffusion model, or a VAE, from a config file (default: the embedded digits run).
+"""Train a diffusion model, a VAE or a noisy classifier from a config file (default: the
+embedded digits run).
 
   python train.py                                   # configs/default.py into workdirs/default
   python train.py --config=configs/cifar10_ddpm.py --workdir=workdirs/cifar10
   python train.py --config.optim.lr=1e-4 --config.train.num_steps=5000
   python train.py --config=configs/digits_vae.py --workdir=workdirs/digits_vae   # a VAE
+  python train.py --config=configs/digits_classifier.py --workdir=workdirs/digits_classifier
 
 A workdir that holds a checkpoint resumes from it.
 """
@@ -43,7 +45,8 @@ def main(argv):
             "Run the same command again to resume."
         )
     else:
-        print(f"Done: {out['step']} steps in {out['workdir']} (samples in samples/).")
+        where = "" if flags.FLAGS.config.task == "classifier" else " (samples in samples/)"
+        print(f"Done: {out['step']} steps in {out['workdir']}{where}.")
 
 
 if __name__ == "__main__":

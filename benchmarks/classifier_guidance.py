@@ -2,16 +2,18 @@
 
 1. Trains (or reads) an unconditional digits model: configs/default.py with
    ``model.kwargs.num_classes=0`` (no labels, no guidance dropout).
-2. Trains a noisy classifier (``models.NoisyClassifier``, the U-Net trunk of the DIGITS
-   preset with a pooling head) on noised training digits with jaxdiff's train step and loop
-   (``training.make_classifier_loss_fn``: uniform timesteps, cross-entropy).
+2. Trains (or reads) a noisy classifier through the config engine:
+   configs/digits_classifier.py (``models.NoisyClassifier``, the U-Net trunk of the DIGITS
+   preset with a pooling head, on noised training digits; ``config.task="classifier"``) in
+   ``--classifier_workdir``, and checks that it read the noise of the model's schedule.
 3. Samples class-balanced digits with ``jaxdiff.classifier_guidance`` at several scales and
    reports the accuracy of an independent classifier (logistic regression on the real
    training digits' pixels, the one of benchmarks/digits_quality.py) and the pixel Frechet
    distance to the test digits next to the train-vs-test floor.
 
     python benchmarks/classifier_guidance.py                    # ~8 min on 2 cores
-    python benchmarks/classifier_guidance.py --skip_train --workdir workdirs/digits_uncond
+    python benchmarks/classifier_guidance.py --skip_train --workdir workdirs/digits_uncond \
+        --classifier_workdir workdirs/digits_classifier
 """
 
 from __future__ import annotations
@@ -46,50 +48,30 @@ def train_unconditional(workdir: str) -> float:
     return time.perf_counter() - start
 
 
-def train_classifier(steps: int, batch: int, schedule, seed: int = 0):
-    """(module, params, seconds): the noisy classifier trained on the 1500 training digits."""
-    import jax
-    import jax.numpy as jnp
-    from digits_quality import real_digits
+def train_classifier(workdir: str, steps: int) -> float:
+    """Train (or resume, or just read) configs/digits_classifier.py in ``workdir`` up to
+    ``steps`` steps; returns the seconds it took."""
+    from absl import logging
 
-    from jaxdiff import models, training
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    import digits_classifier
 
-    xtr, ytr, _, _ = real_digits()
-    clf = models.NoisyClassifier(
-        channels=(16, 32, 64), num_res_blocks=1, attention_levels=(1,), head_dim=16,
-        norm_groups=8, dropout=0.1, num_outputs=10,
-    )  # fmt: skip
-    params = clf.init(jax.random.key(seed), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)))["params"]
-    tx = training.make_optimizer(learning_rate=1e-3, weight_decay=0.0)
-    step = jax.jit(training.make_train_step(
-        training.make_classifier_loss_fn(clf.apply, schedule=schedule), tx
-    ), donate_argnums=0)  # fmt: skip
-    state = training.create_train_state(params, tx)
+    from jaxdiff.experiment import train_and_evaluate
 
-    def batches():
-        rng = np.random.default_rng(seed)
-        while True:
-            idx = rng.choice(len(xtr), batch, replace=False)
-            yield {"image": xtr[idx], "label": ytr[idx].astype(np.int32)}
-
+    logging.set_verbosity(logging.WARNING)
+    config = digits_classifier.get_config()
+    config.train.num_steps = steps
     start = time.perf_counter()
-    log = []
-    result = training.train_loop(
-        step, state, batches(), num_steps=steps, key=jax.random.key(seed + 1),
-        log_every=max(steps // 5, 1), callbacks=[lambda s, m, _: log.append((s, m))],
-        handle_sigterm=False,
-    )  # fmt: skip
-    for s, m in log:
-        print(f"  classifier step {s}: loss {m['loss']:.3f}, accuracy on noised digits "
-              f"{m['accuracy']:.3f}")  # fmt: skip
-    return clf, result.state.params, time.perf_counter() - start
+    train_and_evaluate(config, workdir)
+    return time.perf_counter() - start
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="workdirs/digits_uncond")
     p.add_argument("--skip_train", action="store_true")
-    p.add_argument("--classifier_steps", type=int, default=3000)
+    p.add_argument("--classifier_workdir", default="workdirs/digits_classifier")
+    p.add_argument("--classifier_steps", type=int, default=3000, help="trained up to this")
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--num_steps", type=int, default=50)
     p.add_argument("--scales", default=",".join(str(s) for s in SCALES))
@@ -99,13 +81,13 @@ def main(argv=None) -> None:
     import jax
     import jax.numpy as jnp
     from digits_quality import real_digits
-    from flax import serialization
     from sklearn.linear_model import LogisticRegression
 
     import jaxdiff
     from jaxdiff import training
     from jaxdiff.evaluation import frechet_distance, pixel_features
     from jaxdiff.experiment import load_workdir
+    from jaxdiff.experiment.classifier_run import load_classifier_workdir, make_accuracy_fn
     from jaxdiff.experiment.per_sample_rng import per_sample_keys, per_sample_noise
 
     if not args.skip_train:
@@ -115,20 +97,22 @@ def main(argv=None) -> None:
     gen = load_workdir(args.workdir)
     if gen.num_classes:
         raise SystemExit(f"{args.workdir} holds a class-conditional model; need num_classes=0.")
-    path = os.path.join(args.workdir, f"noisy_classifier_{args.classifier_steps}.msgpack")
-    clf, clf_params, secs = train_classifier(
-        args.classifier_steps if not os.path.exists(path) else 0, 128, gen.schedule
-    )
-    if os.path.exists(path):
-        with open(path, "rb") as f:
-            clf_params = serialization.from_bytes(clf_params, f.read())
-        print(f"noisy classifier read from {path}")
-    else:
-        with open(path, "wb") as f:
-            f.write(serialization.to_bytes(clf_params))
-        print(f"noisy classifier: {args.classifier_steps} steps, {secs:.0f} s (saved: {path})")
+    secs = train_classifier(args.classifier_workdir, args.classifier_steps)
+    clf, clf_params, clf_schedule = load_classifier_workdir(args.classifier_workdir)
+    print(f"noisy classifier in {args.classifier_workdir} ({secs:.0f} s to train or read)")
+    if not np.array_equal(clf_schedule.alphas_cumprod, gen.schedule.alphas_cumprod):
+        raise SystemExit(
+            f"{args.classifier_workdir} was trained on another noise schedule than "
+            f"{args.workdir}; give both runs the same config.diffusion."
+        )
 
     xtr, ytr, xte, yte = real_digits()
+    accuracy = make_accuracy_fn(
+        clf, gen.schedule, xte, yte, timesteps=(0, 250, 500, 750), key=jax.random.key(0)
+    )(clf_params)
+    print("classifier accuracy on the noised test digits: " + ", ".join(
+        f"t={t}: {a:.1%}" for t, a in accuracy.items()
+    ))  # fmt: skip
     judge = LogisticRegression(max_iter=5000).fit(pixel_features(xtr), ytr)
     n = len(xte)
     rng = np.random.default_rng(0)

@@ -67,6 +67,14 @@ def held_out_images(
     dataset: from_config.ImageDataset, data_config: ml_collections.ConfigDict, n: int
 ) -> np.ndarray:
     """The first ``n`` images of the "test" split (else of ``config.data.split``)."""
+    return held_out_batch(dataset, data_config, n)["image"]
+
+
+def held_out_batch(
+    dataset: from_config.ImageDataset, data_config: ml_collections.ConfigDict, n: int
+) -> dict[str, np.ndarray]:
+    """The first ``n`` examples (images, labels, ...) of the "test" split (else of
+    ``config.data.split``), or all of them when the split is smaller."""
     splits = data_lib.dataset_metadata(dataset.builder).split_sizes
     split = "test" if "test" in splits else data_config.split
     pipeline = data_lib.make_pipeline(
@@ -80,7 +88,7 @@ def held_out_images(
         process_index=0,
         process_count=1,
     )
-    return next(pipeline)["image"]
+    return next(pipeline)
 
 
 def _run_loop(config, workdir, dataset, module, held_out, step_fn, state, key, mesh):
@@ -180,7 +188,10 @@ def load_autoencoder_workdir(
     workdir = os.path.abspath(workdir)
     info = workdir_lib.read_run_info(workdir)
     if info.get("task") != TASK:
-        raise ValueError(f"{workdir} is not an autoencoder run (its run_info.json has no task).")
+        task = info.get("task", "diffusion")
+        raise ValueError(
+            f"{workdir} is not an autoencoder run: it is a {task} run (config.task={task!r})."
+        )
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     with training.Checkpointer(
         os.path.join(workdir, workdir_lib.CHECKPOINTS), read_only=True

@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Every config field with its default (a class-conditional digits run)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "diffusion"  # or "autoencoder": train config.autoencoder on config.data
+    c.task = "diffusion"  # "autoencoder": config.autoencoder; "classifier": config.classifier
     c.data = dict(
         name="digits",
         split="train",
@@ -121,6 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.autoencoder = _autoencoder_defaults()
     c.latent = _latent_defaults()
+    c.classifier = _classifier_defaults()
     return ml_collections.ConfigDict(c)
 
 
@@ -137,6 +138,16 @@ def _autoencoder_defaults() -> dict[str, Any]:
         disc_channels=64,
         disc_layers=3,
         eval_images=64,  # held-out images reconstructed in each grid (and for eval/psnr)
+    )
+
+
+def _classifier_defaults() -> dict[str, Any]:
+    """config.classifier: the noisy classifier of a task="classifier" run (for guidance)."""
+    return dict(
+        kwargs=ml_collections.ConfigDict(),  # NoisyClassifier fields (channels, head_dim, ...)
+        max_timestep=placeholder(int),  # None: train at every timestep of config.diffusion
+        eval_timesteps=[0, 250, 500, 750],  # held-out accuracy at these noise levels
+        eval_images=512,  # held-out images of the accuracy (at most the split's size)
     )
 
 
@@ -295,7 +306,16 @@ SCHEMA["latent"] = {
     "estimate_scaling_factor": (_BOOL, "a bool"),
     "estimate_examples": (_int(1), "an int >= 1"),
 }
-TASKS = ("diffusion", "autoencoder")
+SCHEMA["classifier"] = {
+    "kwargs": (lambda v: _is_dict(v), "a dict of NoisyClassifier fields"),
+    "max_timestep": (_optional(_int(1)), "None or an int >= 1"),
+    "eval_timesteps": (
+        lambda v: isinstance(v, list | tuple) and bool(v) and all(_int(0)(t) for t in v),
+        "a non-empty list of ints >= 0",
+    ),
+    "eval_images": (_int(1), "an int >= 1"),
+}
+TASKS = ("diffusion", "autoencoder", "classifier")
 TOP_LEVEL = {
     "seed": (_int(0), "an int >= 0"),
     "task": (_one_of(*TASKS), f"one of {TASKS}"),
@@ -353,6 +373,8 @@ def _check_relations(config: Mapping[str, Any]) -> None:
     _check_text(config["text"])
     if config["data"]["global_batch_size"] % config["optim"]["grad_accum_steps"]:
         raise ValueError("config.data.global_batch_size must be divisible by grad_accum_steps.")
+    if config["task"] == "classifier":  # before config.sample: the schedule is the point
+        _check_classifier(config)
     _check_sampling(config)
     _check_autoencoder_and_latent(config)
 
@@ -392,6 +414,39 @@ def _check_autoencoder_and_latent(config: Mapping[str, Any]) -> None:
         raise ValueError(
             f"config.latent.scaling_factor={latent['scaling_factor']} and "
             "estimate_scaling_factor=True: give one of them."
+        )
+
+
+def _check_classifier(config: Mapping[str, Any]) -> None:
+    """A classifier run reads the noise of config.diffusion's discrete schedule."""
+    diffusion_config, classifier = config["diffusion"], config["classifier"]
+    if diffusion_config["objective"] != "diffusion":
+        raise ValueError(
+            f"config.task='classifier' needs config.diffusion.objective='diffusion' (a discrete "
+            f"schedule of timesteps); got {diffusion_config['objective']!r}."
+        )
+    if config["latent"]["vae"] is not None:
+        raise ValueError(
+            f"config.latent.vae={config['latent']['vae']!r} is for diffusion runs; a classifier "
+            "run (config.task='classifier') reads pixels: set config.latent.vae=None."
+        )
+    if config["text"]["encoder"] != "none":
+        raise ValueError(
+            f"config.text.encoder={config['text']['encoder']!r} is for diffusion runs; a "
+            "classifier run predicts the dataset's labels: set config.text.encoder='none'."
+        )
+    num_t = diffusion_config["num_train_timesteps"]
+    limit = classifier["max_timestep"]
+    if limit is not None and limit > num_t:
+        raise ValueError(
+            f"config.classifier.max_timestep={limit} is beyond the schedule; allowed: None or "
+            f"an int in [1, {num_t}] (config.diffusion.num_train_timesteps)."
+        )
+    bad = [t for t in classifier["eval_timesteps"] if t >= num_t]
+    if bad:
+        raise ValueError(
+            f"config.classifier.eval_timesteps has {bad} beyond the schedule; allowed: "
+            f"timesteps in [0, {num_t - 1}] (config.diffusion.num_train_timesteps={num_t})."
         )
 
 

@@ -20,6 +20,7 @@ from jaxdiff.experiment import latent as latent_lib
 from jaxdiff.experiment import text as text_lib
 from jaxdiff.experiment import workdir as workdir_lib
 from jaxdiff.experiment.autoencoder_run import train_autoencoder
+from jaxdiff.experiment.classifier_run import train_classifier
 from jaxdiff.experiment.config import validate_config
 from jaxdiff.experiment.sampling import Generator
 from jaxdiff.experiment.text_sampling import TextGenerator
@@ -38,6 +39,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config)
     if config.task == "autoencoder":
         return train_autoencoder(config, workdir)
+    if config.task == "classifier":
+        return train_classifier(config, workdir)
     workdir = workdir_lib.check_workdir(workdir)
     dataset = from_config.open_dataset(config.data)
     latent = None  # config.latent: the frozen VAE whose latents are the data

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
@@ -39,6 +39,7 @@ CHECKPOINTS = "checkpoints"
 CONFIG_JSON = "config.json"
 RUN_INFO = "run_info.json"
 SAMPLES = "samples"
+T = TypeVar("T")
 
 
 def check_workdir(workdir: str) -> str:
@@ -92,6 +93,26 @@ def read_run_info(workdir: str) -> dict[str, Any]:
             raise ValueError(f"{workdir} is not a training workdir: {name} is missing.")
     with open(os.path.join(workdir, RUN_INFO)) as f:
         return json.load(f)
+
+
+def read_checkpoint(
+    workdir: str, step: int | None, read: Callable[[training.Checkpointer, int], T]
+) -> T:
+    """``read(checkpointer, step)`` on a workdir's checkpoints, read-only.
+
+    Without ``step`` the newest readable checkpoint is used (a damaged newer one is skipped
+    with a warning naming it); a given ``step`` that is missing or damaged, or a workdir
+    without a readable checkpoint, raises one ValueError.
+    """
+    with training.Checkpointer(os.path.join(workdir, CHECKPOINTS), read_only=True) as ckpt:
+        if step is not None:
+            return ckpt.read_step(step, lambda s: read(ckpt, s))
+        if not ckpt.all_steps():
+            raise ValueError(f"{workdir} has no checkpoint yet.")
+        out = ckpt.newest_readable(lambda s: read(ckpt, s))
+    if out is None:
+        raise ValueError(f"{workdir} has no readable checkpoint (see the warnings above).")
+    return out
 
 
 def generator_from_config(
@@ -149,6 +170,11 @@ def load_workdir(workdir: str, *, step: int | None = None) -> Generator:
         raise ValueError(
             f"{workdir} is an autoencoder run (config.task='autoencoder'); sampling needs a "
             "diffusion run (a latent one names this workdir in config.latent.vae)."
+        )
+    if info.get("task") == "classifier":
+        raise ValueError(
+            f"{workdir} is a classifier run (config.task='classifier'); sampling needs a "
+            "diffusion run (a classifier guides one: --classifier_workdir)."
         )
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     with training.Checkpointer(os.path.join(workdir, CHECKPOINTS), read_only=True) as ckpt:
