@@ -112,7 +112,7 @@ def build_model(
             f"config.model has num_classes={model.num_classes} but the dataset has "
             f"{num_classes} classes; set config.model.kwargs.num_classes={num_classes}."
         )
-    patch = model_config["patch_size"]
+    patch = model_config.get("patch_size", 1)  # absent from configs saved before it existed
     if image_channels is not None:
         _check_output_channels(preset_name, model, image_channels * patch**2, learned_variance)
     return Patched(model, patch_size=patch) if patch > 1 else model

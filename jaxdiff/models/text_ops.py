@@ -90,16 +90,18 @@ def check_token_ids(input_ids: Any, vocab_size: int, where: str) -> None:
 
 
 class Embed(nn.Module):
-    """Lookup table ``embedding`` [num, features]; ids outside [0, num) give NaN rows."""
+    """Lookup table ``embedding`` [num, features], initialised N(0, ``stddev``^2) (CLIP's
+    0.02 by default); ids outside [0, num) give NaN rows."""
 
     num: int
     features: int
     dtype: Dtype = _F32
     param_dtype: Dtype = _F32
+    stddev: float = 0.02
 
     @nn.compact
     def __call__(self, ids: jax.Array) -> jax.Array:
-        init = nn.initializers.normal(0.02)
+        init = nn.initializers.normal(self.stddev)
         table = self.param("embedding", init, (self.num, self.features), self.param_dtype)
         ids = jnp.where(ids < 0, self.num, ids)  # negative ids would wrap around, not fill
         return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan).astype(self.dtype)
