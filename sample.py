@@ -43,7 +43,12 @@ flags.DEFINE_multi_string(
 flags.DEFINE_integer("num_samples", 64, "Number of images.")
 flags.DEFINE_integer("batch_size", 64, "Images per sampling call.")
 flags.DEFINE_integer("seed", 0, "Seed; image i depends only on (seed, i).")
-flags.DEFINE_multi_string("option", [], "Sampler option name=value (repeatable), e.g. eta=0.5.")
+flags.DEFINE_multi_string(
+    "option",
+    [],
+    "Sampler option name=value (repeatable), e.g. eta=0.5; over the run's config.sample.options "
+    "when --sampler is its config.sample.sampler.",
+)
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/generated).")
 # Stable Diffusion pipelines (jaxdiff.pipelines.cli); --prompt, --num_steps, --seed,
 # --batch_size, --sampler, --option, --guidance_scale and --out apply too.
@@ -64,6 +69,14 @@ def _parse_option(text):
         return name, json.loads(value)
     except json.JSONDecodeError:
         return name, value
+
+
+def _options(gen, f):
+    """--option values over the run's own sampler options (config.sample.options, used when
+    --sampler is the run's config.sample.sampler)."""
+    run = getattr(gen, "run_sampler", None)
+    base = dict(run["options"]) if run and run["sampler"] == f.sampler else {}
+    return {**base, **dict(_parse_option(o) for o in f.option)}
 
 
 def _run_pipeline(f):
@@ -125,7 +138,7 @@ def main(argv):
             prompts=f.prompt or None,
             seed=f.seed,
             batch_size=f.batch_size,
-            options=dict(_parse_option(o) for o in f.option),
+            options=_options(gen, f),
         )
     except ValueError as e:
         sys.exit(f"sample.py: error: {e}")

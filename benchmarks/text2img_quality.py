@@ -102,6 +102,7 @@ def main(argv=None):
     p.add_argument("--scales", default="1,3,5", help="guidance scales")
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--num_steps", type=int, default=20)
+    p.add_argument("--options", default=None, help="sampler options as JSON (default: the run's)")
     p.add_argument("--limit", type=int, default=None, help="prompts per split (default all)")
     p.add_argument("--floor_draws", type=int, default=5)
     p.add_argument("--grid", default=os.path.join(ROOT, "docs", "text2img_samples.png"))
@@ -121,7 +122,12 @@ def main(argv=None):
         train(args.workdir, args.variant)
     gen = load_workdir(args.workdir)
     with open(os.path.join(args.workdir, "config.json")) as f:
-        builder_kwargs = json.load(f)["data"].get("builder_kwargs", {})
+        run_config = json.load(f)
+    builder_kwargs = run_config["data"].get("builder_kwargs", {})
+    options = dict(run_config["sample"].get("options", {}))  # the run's sampler options
+    if args.options is not None:
+        options = json.loads(args.options)
+    print(f"sampler {args.sampler} x{args.num_steps}, options {options}")
     builder = data.get_builder("digit_scenes", **builder_kwargs)
     splits = {s: read_split(builder, s, args.limit) for s in ("test", "heldout")}
     train_scenes = read_split(builder, "train", 5000)["image"]
@@ -150,7 +156,7 @@ def main(argv=None):
             samples, _ = gen.sample(
                 num_samples=len(split["caption"]), prompts=list(split["caption"]),
                 sampler=args.sampler, num_steps=args.num_steps, guidance_scale=scale,
-                seed=1, batch_size=250, options={"clip_sample": True}, progress=False,
+                seed=1, batch_size=250, options=options, progress=False,
             )  # fmt: skip
             row.update(accuracy_rows(name, score(samples, split), split))
             if name == "test":
@@ -177,7 +183,7 @@ def main(argv=None):
     prompts = list(gen.default_prompts) * 8
     samples, prompts = gen.sample(num_samples=len(prompts), prompts=prompts, sampler=args.sampler,
                                   num_steps=args.num_steps, guidance_scale=3.0, seed=0,
-                                  options={"clip_sample": True}, progress=False)  # fmt: skip
+                                  options=options, progress=False)  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(args.grid)), exist_ok=True)
     images.save_sample_grid(samples, args.grid, prompts=prompts)
     print(f"sample grid (guidance 3): {args.grid}")

@@ -220,6 +220,9 @@ def test_text2img_smoke_trains_resumes_and_samples_from_prompts(tmp_path):
     assert (work / "tokenizer.json").exists() and (work / "samples" / "step_4.png").exists()
     assert "Done: 6 steps" in run([*args, "--config.train.num_steps=6"], tmp_path).stdout
     assert _committed_steps(work) == [2, 4, 6]
+    from jaxdiff.experiment import load_workdir  # sample.py starts from the run's options
+
+    assert load_workdir(work).run_sampler == {"sampler": "ddim", "options": {"clip_sample": False}}
     # Prompts cycled over the samples; the same sampler program as the run's grid (compiled
     # once, the persistent cache serves it again).
     long = "a 3 to the left of a seven above a 2 above a 1"

@@ -120,7 +120,14 @@ class Generator:
       decoder: for a latent diffusion model, what turns the sampled latents (of
         ``image_shape``) into images: ``decoder.decode(decoder.params, latents)``
         (:class:`jaxdiff.experiment.autoencoder.LatentDecoder`); None: pixel space.
+
+    Attributes:
+      run_sampler: the training run's ``config.sample`` sampler and options
+        (``{"sampler": ..., "options": {...}}``) when loaded from a workdir, else None;
+        sample.py starts from these options when it samples with that sampler.
     """
+
+    run_sampler: dict[str, Any] | None = None
 
     def __init__(
         self,

@@ -194,6 +194,10 @@ def load_workdir(workdir: str, *, step: int | None = None) -> Generator:
                 target["vae_params"] = jax.tree.map(lambda a: a.update(sharding=device), abstract)
             restored = ckpt.restore_partial(target, at_step)
             generator.params = restored["ema_params"]
+            generator.run_sampler = {
+                "sampler": config.sample.sampler,
+                "options": dict(config.sample.options),
+            }
             if latent is not None:
                 generator.decoder = LatentDecoder(vae, restored["vae_params"])
             return generator
