@@ -48,7 +48,8 @@ def main(argv=None) -> None:
             train = [sys.executable, "train.py", f"--config={args.config}",
                      f"--workdir={work}", f"--config.train.num_steps={args.steps}",
                      f"--config.train.save_every={args.steps}", "--config.train.progress=False",
-                     f"--config.train.sample_every={args.steps}"]  # fmt: skip
+                     f"--config.train.sample_every={args.steps}",
+                     f"--config.train.log_every={args.steps}"]  # fmt: skip
             rows.append((f"train.py, {args.steps} steps + sample grid", label, timed(train, env)))
         work = os.path.join(tmp, "work_cold")
         for label in ("cold", "warm"):
