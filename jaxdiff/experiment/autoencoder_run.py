@@ -11,7 +11,6 @@ parameters (posterior mean), and TensorBoard gets their PSNR and KL per latent e
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import jax
@@ -21,7 +20,7 @@ import numpy as np
 from jaxdiff import data as data_lib
 from jaxdiff import models, training
 from jaxdiff.experiment import autoencoder as ae_lib
-from jaxdiff.experiment import from_config, images
+from jaxdiff.experiment import from_config, images, run_loop
 from jaxdiff.experiment import workdir as workdir_lib
 from jaxdiff.experiment.config import config_from_dict
 
@@ -92,78 +91,24 @@ def held_out_batch(
 
 
 def _run_loop(config, workdir, dataset, module, held_out, step_fn, state, key, mesh):
-    from tensorboardX import SummaryWriter
-    from tqdm.auto import tqdm
-
-    data_config, train_config = config.data, config.train
-    pipeline = data_lib.make_pipeline(
-        dataset.builder,
-        split=data_config.split,
-        global_batch_size=data_config.global_batch_size,
-        image_size=data_config.image_size,
-        seed=config.seed,
-        random_flip=data_config.random_flip,
-        worker_count=data_config.worker_count,
-    )
-    checkpointer = training.Checkpointer(
-        os.path.join(workdir, workdir_lib.CHECKPOINTS), max_to_keep=train_config.keep_checkpoints
-    )
-    start = checkpointer.latest_step() or 0
-    writer = SummaryWriter(workdir) if jax.process_index() == 0 else None
-    show = train_config.progress and jax.process_index() == 0
-    bar = tqdm(total=train_config.num_steps, initial=start, disable=not show, desc="train vae")
-    on_log = _log_callback(config, workdir, module, held_out, writer, bar, start)
-    try:
-        result = training.train_loop(
-            step_fn,
-            state,
-            pipeline,
-            num_steps=train_config.num_steps,
-            key=key,
-            checkpointer=checkpointer,
-            save_every=train_config.save_every,
-            log_every=train_config.log_every,
-            put_batch=lambda b: training.global_batch({"image": b["image"]}, mesh),
-            callbacks=[on_log],
-            on_step=lambda step: bar.update(1),
-            config=config.to_dict(),
-        )
-    finally:
-        bar.close()
-        checkpointer.close()
-        if writer is not None:
-            writer.close()
-    return {"step": result.step, "workdir": workdir, "preempted": result.preempted}
-
-
-def _log_callback(config, workdir, module, held_out, writer, bar, start_step):
-    """Every log step: progress bar and TensorBoard scalars; reconstructions when due."""
-    clock = {"time": time.perf_counter(), "step": start_step}
-    batch_size, train_config = config.data.global_batch_size, config.train
     reconstruct = jax.jit(lambda p, x: module.apply({"params": p}, x))
 
-    def on_log(step, means, state):
-        now = time.perf_counter()
-        rate = (step - clock["step"]) * batch_size / max(now - clock["time"], 1e-9)
-        clock.update(time=now, step=step)
-        bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4g}", img_s=f"{rate:.0f}")
-        scalars = {f"train/{name}": value for name, value in means.items()}
-        scalars["train/images_per_sec"] = rate
-        every = train_config.sample_every
-        if (every and step % every == 0) or step == train_config.num_steps:
-            rec, posterior = jax.device_get(reconstruct(state.ema_params, held_out))
-            scalars["eval/psnr"] = float(np.mean(ae_lib.psnr(held_out, rec)))
-            scalars["eval/kl_per_dim"] = float(np.mean(posterior.kl()) / posterior.mean[0].size)
-            if jax.process_index() == 0:
-                path = os.path.join(workdir, workdir_lib.SAMPLES, f"step_{step}.png")
-                save_reconstruction_grid(held_out, rec, path)
-            clock["time"] = time.perf_counter()
-        if writer is not None:
-            for name, value in scalars.items():
-                writer.add_scalar(name, value, step)
-            writer.flush()
+    def evaluate(step, state):  # held-out reconstructions: PSNR, KL per dimension, a grid
+        rec, posterior = jax.device_get(reconstruct(state.ema_params, held_out))
+        scalars = {
+            "eval/psnr": float(np.mean(ae_lib.psnr(held_out, rec))),
+            "eval/kl_per_dim": float(np.mean(posterior.kl()) / posterior.mean[0].size),
+        }
+        if jax.process_index() == 0:
+            path = os.path.join(workdir, workdir_lib.SAMPLES, f"step_{step}.png")
+            save_reconstruction_grid(held_out, rec, path)
+        return scalars, {}
 
-    return on_log
+    return run_loop.run_training(
+        config, workdir, pipeline=run_loop.training_pipeline(config, dataset), step_fn=step_fn,
+        state=state, key=key, evaluate=evaluate, desc="train vae",
+        put_batch=lambda b: training.global_batch({"image": b["image"]}, mesh),
+    )  # fmt: skip
 
 
 def save_reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, path: str):

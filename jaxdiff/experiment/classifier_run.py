@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,9 +27,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdiff import data as data_lib
 from jaxdiff import diffusion, models, training
-from jaxdiff.experiment import from_config
+from jaxdiff.experiment import from_config, run_loop
 from jaxdiff.experiment import workdir as workdir_lib
 from jaxdiff.experiment.autoencoder_run import held_out_batch
 from jaxdiff.experiment.config import config_from_dict
@@ -203,80 +201,19 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
 
 
 def _run_loop(config, workdir, dataset, accuracy, step_fn, state, key, mesh):
-    from tensorboardX import SummaryWriter
-    from tqdm.auto import tqdm
+    def evaluate(step, state):  # held-out accuracy of the EMA parameters per noise level
+        by_t = accuracy(state.ema_params)
+        scalars = {f"eval/accuracy_t{t}": acc for t, acc in by_t.items()}
+        scalars["eval/accuracy"] = float(np.mean(list(by_t.values())))
+        return scalars, {"eval_acc": f"{scalars['eval/accuracy']:.3f}"}
 
-    data_config, train_config = config.data, config.train
-    pipeline = data_lib.make_pipeline(
-        dataset.builder,
-        split=data_config.split,
-        global_batch_size=data_config.global_batch_size,
-        image_size=data_config.image_size,
-        seed=config.seed,
-        random_flip=data_config.random_flip,
-        worker_count=data_config.worker_count,
-    )
-    checkpointer = training.Checkpointer(
-        os.path.join(workdir, workdir_lib.CHECKPOINTS), max_to_keep=train_config.keep_checkpoints
-    )
-    start = checkpointer.latest_step() or 0
-    writer = SummaryWriter(workdir) if jax.process_index() == 0 else None
-    show = train_config.progress and jax.process_index() == 0
-    bar = tqdm(
-        total=train_config.num_steps, initial=start, disable=not show, desc="train classifier"
-    )
-    on_log = _log_callback(config, accuracy, writer, bar, start)
-    try:
-        result = training.train_loop(
-            step_fn,
-            state,
-            pipeline,
-            num_steps=train_config.num_steps,
-            key=key,
-            checkpointer=checkpointer,
-            save_every=train_config.save_every,
-            log_every=train_config.log_every,
-            put_batch=lambda b: training.global_batch(
-                {"image": b["image"], "label": b["label"]}, mesh
-            ),
-            callbacks=[on_log],
-            on_step=lambda step: bar.update(step - bar.n),
-            config=config.to_dict(),
-        )
-    finally:
-        bar.close()
-        checkpointer.close()
-        if writer is not None:
-            writer.close()
-    return {"step": result.step, "workdir": workdir, "preempted": result.preempted}
+    def put_batch(b):
+        return training.global_batch({"image": b["image"], "label": b["label"]}, mesh)
 
-
-def _log_callback(config, accuracy, writer, bar, start_step):
-    """Every log step: progress bar and TensorBoard scalars; held-out accuracy when due."""
-    clock = {"time": time.perf_counter(), "step": start_step}
-    batch_size, train_config = config.data.global_batch_size, config.train
-
-    def on_log(step, means, state):
-        now = time.perf_counter()
-        rate = (step - clock["step"]) * batch_size / max(now - clock["time"], 1e-9)
-        clock.update(time=now, step=step)
-        postfix = {"loss": f"{means.get('loss', float('nan')):.4g}"}
-        scalars = {f"train/{name}": value for name, value in means.items()}
-        scalars["train/images_per_sec"] = rate
-        every = train_config.sample_every
-        if (every and step % every == 0) or step == train_config.num_steps:
-            by_t = accuracy(state.ema_params)
-            scalars.update({f"eval/accuracy_t{t}": acc for t, acc in by_t.items()})
-            scalars["eval/accuracy"] = float(np.mean(list(by_t.values())))
-            postfix["eval_acc"] = f"{scalars['eval/accuracy']:.3f}"
-            clock["time"] = time.perf_counter()  # evaluation is not training throughput
-        bar.set_postfix(**postfix, img_s=f"{rate:.0f}")
-        if writer is not None:
-            for name, value in scalars.items():
-                writer.add_scalar(name, value, step)
-            writer.flush()
-
-    return on_log
+    return run_loop.run_training(
+        config, workdir, pipeline=run_loop.training_pipeline(config, dataset), step_fn=step_fn,
+        state=state, key=key, put_batch=put_batch, evaluate=evaluate, desc="train classifier",
+    )  # fmt: skip
 
 
 def load_classifier_workdir(

@@ -7,15 +7,13 @@ together; everything it calls takes typed arguments.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import jax
 import ml_collections
 
-from jaxdiff import data as data_lib
 from jaxdiff import training
-from jaxdiff.experiment import from_config, images
+from jaxdiff.experiment import from_config, images, run_loop
 from jaxdiff.experiment import latent as latent_lib
 from jaxdiff.experiment import text as text_lib
 from jaxdiff.experiment import workdir as workdir_lib
@@ -96,18 +94,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _run_loop(config, workdir, dataset, generator, step_fn, state, key, mesh, latent=None):
-    from tensorboardX import SummaryWriter
-    from tqdm.auto import tqdm
-
-    data_config, train_config = config.data, config.train
-    pipeline = data_lib.make_pipeline(
-        dataset.builder,
-        split=data_config.split,
-        global_batch_size=data_config.global_batch_size,
-        image_size=data_config.image_size,
-        seed=config.seed,
-        random_flip=data_config.random_flip,
-        worker_count=data_config.worker_count,
+    pipeline = run_loop.training_pipeline(
+        config,
+        dataset,
         with_index=latent is not None,
         transform=_caption_transform(generator),
     )
@@ -119,38 +108,15 @@ def _run_loop(config, workdir, dataset, generator, step_fn, state, key, mesh, la
     def put_batch(batch):
         return training.global_batch({k: v for k, v in batch.items() if k in keep}, mesh)
 
-    checkpointer = training.Checkpointer(
-        os.path.join(workdir, workdir_lib.CHECKPOINTS), max_to_keep=train_config.keep_checkpoints
-    )
-    start = checkpointer.latest_step() or 0
-    writer = SummaryWriter(workdir) if jax.process_index() == 0 else None
-    show = train_config.progress and jax.process_index() == 0
-    bar = tqdm(
-        total=train_config.num_steps, initial=start, disable=not show, desc="train", unit="step"
-    )
-    on_log = _log_callback(config, workdir, generator, writer, bar, start)
+    def evaluate(step, state):  # the sample grid of config.sample
+        path = os.path.join(workdir, workdir_lib.SAMPLES, f"step_{step}.png")
+        draw_sample_grid(generator, config.sample, state.ema_params, path)
+        return {}, {}
 
-    try:
-        result = training.train_loop(
-            step_fn,
-            state,
-            pipeline,
-            num_steps=train_config.num_steps,
-            key=key,
-            checkpointer=checkpointer,
-            save_every=train_config.save_every,
-            log_every=train_config.log_every,
-            put_batch=put_batch,
-            callbacks=[on_log],
-            on_step=lambda step: bar.update(step - bar.n),
-            config=config.to_dict(),
-        )
-    finally:
-        bar.close()
-        checkpointer.close()
-        if writer is not None:
-            writer.close()
-    return {"step": result.step, "workdir": workdir, "preempted": result.preempted}
+    return run_loop.run_training(
+        config, workdir, pipeline=pipeline, step_fn=step_fn, state=state, key=key,
+        put_batch=put_batch, evaluate=evaluate, loss_format=".4f",
+    )  # fmt: skip
 
 
 def _caption_transform(generator) -> TokenizeCaptions | None:
@@ -158,30 +124,6 @@ def _caption_transform(generator) -> TokenizeCaptions | None:
     if not isinstance(generator, TextGenerator):
         return None
     return TokenizeCaptions(generator.model.conditioner.tokenize)
-
-
-def _log_callback(config, workdir, generator, writer, bar, start_step):
-    """Every log step: progress bar, TensorBoard scalars, and the sample grid when due."""
-    clock = {"time": time.perf_counter(), "step": start_step}
-    batch_size, train_config = config.data.global_batch_size, config.train
-
-    def on_log(step, means, state):
-        now = time.perf_counter()
-        rate = (step - clock["step"]) * batch_size / max(now - clock["time"], 1e-9)
-        clock.update(time=now, step=step)
-        bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}")
-        if writer is not None:
-            for name, value in means.items():
-                writer.add_scalar(f"train/{name}", value, step)
-            writer.add_scalar("train/images_per_sec", rate, step)
-            writer.flush()
-        every = train_config.sample_every
-        if (every and step % every == 0) or step == train_config.num_steps:
-            path = os.path.join(workdir, workdir_lib.SAMPLES, f"step_{step}.png")
-            draw_sample_grid(generator, config.sample, state.ema_params, path)
-            clock["time"] = time.perf_counter()  # sampling is not training throughput
-
-    return on_log
 
 
 def draw_sample_grid(
