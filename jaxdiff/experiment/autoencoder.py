@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from jaxdiff import models, samplers, training
+from jaxdiff.experiment import from_config
 from jaxdiff.models.discriminator import PatchDiscriminator
 from jaxdiff.training import adversarial, vae_objective
 from jaxdiff.training.step import TrainStepFn
@@ -137,17 +138,12 @@ def build_train_step(
     learning_rate: optax.Schedule,
 ) -> TrainStepFn:
     """The pure train step of ``config.autoencoder`` / ``config.ema`` / ``config.optim``."""
-    ae, ema = config.autoencoder, config.ema
+    ae = config.autoencoder
     encode, decode = encode_decode_fns(module)
     perceptual = ae.perceptual_fn and import_callable(
         ae.perceptual_fn, "config.autoencoder.perceptual_fn"
     )
-    ema_decay_fn = training.ema_decay_schedule(
-        decay=ema.decay,
-        half_life_images=ema.half_life_images,
-        batch_size=config.data.global_batch_size,
-        warmup=ema.warmup,
-    )
+    ema_decay_fn = from_config.build_ema_decay_fn(config)
     losses = dict(
         reconstruction=ae.reconstruction,
         perceptual_fn=perceptual or None,
@@ -155,13 +151,7 @@ def build_train_step(
     )
     if discriminator is None:
         loss_fn = vae_objective.make_vae_loss_fn(encode, decode, kl_weight=ae.kl_weight, **losses)
-        return training.make_train_step(
-            loss_fn,
-            optimizer,
-            ema_decay_fn=ema_decay_fn,
-            grad_accum_steps=config.optim.grad_accum_steps,
-            learning_rate_fn=learning_rate,
-        )
+        return from_config.train_step_of_loss(config, loss_fn, optimizer, learning_rate)
     return adversarial.make_vae_gan_train_step(
         vae_objective.make_vae_terms_fn(encode, decode, **losses),
         lambda p, x: discriminator.apply({"params": p}, x),

@@ -111,23 +111,10 @@ def build_train_step(
     learning_rate: optax.Schedule,
 ) -> TrainStepFn:
     """The pure train step of ``config.classifier`` / ``config.ema`` / ``config.optim``."""
-    ema = config.ema
     loss_fn = training.make_classifier_loss_fn(
         module.apply, schedule=schedule, max_timestep=config.classifier.max_timestep
     )
-    ema_decay_fn = training.ema_decay_schedule(
-        decay=ema.decay,
-        half_life_images=ema.half_life_images,
-        batch_size=config.data.global_batch_size,
-        warmup=ema.warmup,
-    )
-    return training.make_train_step(
-        loss_fn,
-        optimizer,
-        ema_decay_fn=ema_decay_fn,
-        grad_accum_steps=config.optim.grad_accum_steps,
-        learning_rate_fn=learning_rate,
-    )
+    return from_config.train_step_of_loss(config, loss_fn, optimizer, learning_rate)
 
 
 def make_accuracy_fn(

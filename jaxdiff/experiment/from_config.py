@@ -168,7 +168,7 @@ def build_train_step(
     learning_rate: optax.Schedule,
 ) -> TrainStepFn:
     """The pure train step of ``config.diffusion`` / ``config.ema`` / ``config.optim``."""
-    diffusion_config, ema = config.diffusion, config.ema
+    diffusion_config = config.diffusion
     text = isinstance(model, TextConditionedModel)
     conditional = bool(model.num_classes) or text
     loss_fn = training.make_diffusion_loss_fn(
@@ -189,16 +189,32 @@ def build_train_step(
         learned_variance=diffusion_config.learned_variance,
         vlb_weight=diffusion_config.vlb_weight,
     )
-    ema_decay_fn = training.ema_decay_schedule(
+    return train_step_of_loss(config, loss_fn, optimizer, learning_rate)
+
+
+def build_ema_decay_fn(config: ml_collections.ConfigDict):
+    """``step -> EMA decay`` of ``config.ema`` (a decay or a half-life in images)."""
+    ema = config.ema
+    return training.ema_decay_schedule(
         decay=ema.decay,
         half_life_images=ema.half_life_images,
         batch_size=config.data.global_batch_size,
         warmup=ema.warmup,
     )
+
+
+def train_step_of_loss(
+    config: ml_collections.ConfigDict,
+    loss_fn: Any,
+    optimizer: optax.GradientTransformation,
+    learning_rate: optax.Schedule,
+) -> TrainStepFn:
+    """The pure train step of a per-example ``loss_fn`` with ``config.ema`` and
+    ``config.optim`` (gradient accumulation), as every run builds it."""
     return training.make_train_step(
         loss_fn,
         optimizer,
-        ema_decay_fn=ema_decay_fn,
+        ema_decay_fn=build_ema_decay_fn(config),
         grad_accum_steps=config.optim.grad_accum_steps,
         learning_rate_fn=learning_rate,
     )
