@@ -104,7 +104,8 @@ class TextGenerator(Generator):
             noise = per_sample_noise(keys, self.image_shape)
             ids = jnp.asarray(rows[start : start + n])
             scale = jnp.float32(guidance_scale)
-            out.append(np.asarray(generate(params, noise, keys, ids, null, scale)))
+            decoder_params = None if self.decoder is None else self.decoder.params
+            out.append(np.asarray(generate(params, noise, keys, ids, null, scale, decoder_params)))
             bar.update(n)
         bar.close()
         return np.concatenate(out), prompts.astype(str)
@@ -120,7 +121,7 @@ class TextGenerator(Generator):
             context, pooled = encode(params.get("text_encoder"), ids)
             return {"context": context, **({"pooled": pooled} if pooled_kwarg else {})}
 
-        def generate(params, noise, keys, ids, null_ids, guidance_scale):
+        def generate(params, noise, keys, ids, null_ids, guidance_scale, decoder_params):
             fn = model_fn_for_sampling(self.model, params, objective=self.objective,
                                        sigma_data=self.sigma_data, image_channels=keep)  # fmt: skip
             cond = conditions(params, ids)
@@ -128,7 +129,7 @@ class TextGenerator(Generator):
                 uncond = conditions(params, null_ids)
                 fn = classifier_free_guidance(fn, uncond=uncond, learned_variance=reads_variance)
                 cond["guidance_scale"] = guidance_scale
-            return jaxdiff.sample(
+            x = jaxdiff.sample(
                 fn,
                 noise,
                 schedule=self.schedule,
@@ -138,6 +139,7 @@ class TextGenerator(Generator):
                 key=keys,
                 cond=cond,
                 **options,
-            )
+            )  # latents of a latent model: decoded as Generator decodes them
+            return x if self.decoder is None else self.decoder.decode(decoder_params, x)
 
         return jax.jit(generate)
