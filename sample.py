@@ -8,6 +8,8 @@
   python sample.py --pipeline_dir=path/to/sd15 --prompt="a red fox" --num_steps=25 --out=out
   python sample.py --workdir=workdirs/text2img --prompt "a 3 to the left of a seven" \
       --prompt "a small 5 in the top right" --guidance_scale 3
+  python sample.py --workdir=workdirs/scenes_uncond --clip_workdir=workdirs/scenes_clip \
+      --clip_scale=3 --prompt "a 3 to the left of a seven"
 
 Writes <out>/samples.png (a grid) and <out>/samples.npz (images in [-1, 1], labels or
 prompts, seed).
@@ -34,6 +36,11 @@ flags.DEFINE_string(
     "classifier_workdir", None, "Guide an unconditional --workdir by this classifier run."
 )
 flags.DEFINE_float("classifier_scale", 1.0, "Classifier guidance scale (0: unguided).")
+flags.DEFINE_string(
+    "clip_workdir", None, "Guide an unconditional --workdir towards --prompt by this CLIP run."
+)
+flags.DEFINE_float("clip_scale", 1.0, "CLIP guidance scale (0: unguided).")
+flags.DEFINE_bool("clip_x0", False, "CLIP guidance scores the model's x_0 prediction, not x_t.")
 flags.DEFINE_multi_string(
     "prompt",
     [],
@@ -106,6 +113,19 @@ def _guided(gen, f):
     return ClassifierGuidedGenerator(gen, *load_classifier_workdir(f.classifier_workdir))
 
 
+def _clip_guided(gen, f):
+    """The Generator of --workdir guided towards --prompt by the CLIP of --clip_workdir."""
+    from jaxdiff.experiment.clip_run import load_clip_workdir
+    from jaxdiff.experiment.clip_sampling import ClipGuidedGenerator
+
+    if f["guidance_scale"].present or f.classifier_workdir is not None:
+        raise ValueError(
+            "--clip_workdir guides an unconditional model by its own scale; give --clip_scale "
+            "(not --guidance_scale or --classifier_workdir)."
+        )
+    return ClipGuidedGenerator(gen, *load_clip_workdir(f.clip_workdir), x0_based=f.clip_x0)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -127,7 +147,9 @@ def main(argv):
             else load_diffusers_dir(f.diffusers_dir)
         )
         scale = f.guidance_scale
-        if f.classifier_workdir is not None:
+        if f.clip_workdir is not None:
+            gen, scale = _clip_guided(gen, f), f.clip_scale
+        elif f.classifier_workdir is not None:
             gen, scale = _guided(gen, f), f.classifier_scale
         samples, labels = gen.sample(
             num_samples=f.num_samples,

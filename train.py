@@ -1,11 +1,13 @@
-"""Train a diffusion model, a VAE or a noisy classifier from a config file (default: the
-embedded digits run).
+"""Train a diffusion model, a VAE, a noisy classifier, a CLIP or a super-resolution stage
+from a config file (default: the embedded digits run).
 
   python train.py                                   # configs/default.py into workdirs/default
   python train.py --config=configs/cifar10_ddpm.py --workdir=workdirs/cifar10
   python train.py --config.optim.lr=1e-4 --config.train.num_steps=5000
   python train.py --config=configs/digits_vae.py --workdir=workdirs/digits_vae   # a VAE
   python train.py --config=configs/digits_classifier.py --workdir=workdirs/digits_classifier
+  python train.py --config=configs/scenes_clip.py --workdir=workdirs/scenes_clip
+  python train.py --config=configs/scenes_sr.py --workdir=workdirs/scenes_sr
 
 A workdir that holds a checkpoint resumes from it.
 """
@@ -45,7 +47,8 @@ def main(argv):
             "Run the same command again to resume."
         )
     else:
-        where = "" if flags.FLAGS.config.task == "classifier" else " (samples in samples/)"
+        grids = flags.FLAGS.config.task in ("diffusion", "autoencoder", "super_resolution")
+        where = " (samples in samples/)" if grids else ""
         print(f"Done: {out['step']} steps in {out['workdir']}{where}.")
 
 

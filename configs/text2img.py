@@ -27,8 +27,11 @@ Launch (make train-text2img runs the same):
   python sample.py --workdir=workdirs/text2img --prompt "a 3 to the left of a seven" \
       --prompt "a small 5 in the top right" --guidance_scale 3
   python benchmarks/text2img_quality.py --workdir=workdirs/text2img
+The unconditional variant (no captions; the scene model of CLIP guidance, configs/scenes_clip.py):
+  python train.py --config=configs/text2img.py:uncond --workdir=workdirs/scenes_uncond
 Smoke variant (a few steps, used by the tests):
   python train.py --config=configs/text2img.py:smoke --workdir=/tmp/smoke
+  python train.py --config=configs/text2img.py:uncond,smoke --workdir=/tmp/uncond_smoke
 """
 
 from jaxdiff.experiment import base_config
@@ -87,11 +90,25 @@ def get_config(variant: str = ""):
     # (scale 3 drew "a 4 to the left of a 1" for "a four above a 1"); unclipped DDIM,
     # dpm_solver and euler agree and follow the prompt.
     c.sample.options = {"clip_sample": False}
-    if variant == "smoke":
+    variants = set(variant.split(",")) - {""}
+    unknown = sorted(variants - {"uncond", "smoke"})
+    if unknown:
+        raise ValueError(
+            f"Unknown variant {unknown[0]!r} of configs/text2img.py; allowed: uncond, smoke "
+            "(or both: uncond,smoke)."
+        )
+    if "uncond" in variants:  # the same U-Net and recipe without captions (CLIP guidance's)
+        c.text.encoder = "none"
+        c.text.sample_prompts = []
+        c.model.kwargs.context_dim = None
+        c.train.cond_drop_prob = 0.0
+        c.sample.guidance_scale = 1.0
+        c.sample.num_samples = 64
+    if "smoke" in variants:
         c.data.builder_kwargs = {"split_sizes": {"train": 256, "test": 32, "heldout": 32}}
         c.model.kwargs.channels = (16,)
         c.model.kwargs.attention_levels = ()
-        c.model.kwargs.context_dim = 16
+        c.model.kwargs.context_dim = None if "uncond" in variants else 16
         c.model.kwargs.head_dim = 8
         c.text.width = 16
         c.text.num_layers = 1
@@ -102,7 +119,5 @@ def get_config(variant: str = ""):
         c.train.sample_every = 4
         c.train.progress = False
         c.sample.num_steps = 3
-        c.sample.num_samples = 7
-    elif variant:
-        raise ValueError(f"Unknown variant {variant!r} of configs/text2img.py; allowed: smoke.")
+        c.sample.num_samples = 7 if "uncond" not in variants else 8
     return c

@@ -99,22 +99,26 @@ class ClassifierGuidedGenerator(Generator):
         return jax.jit(generate)
 
 
-def check_guidable(generator: Generator, classifier_schedule: Any) -> None:
-    """Refuse a model that a noisy classifier of ``classifier_schedule`` cannot guide: a
-    class- or text-conditional one, a latent one, an EDM one, another noise schedule."""
+def check_guidable(
+    generator: Generator, classifier_schedule: Any, what: str = "classifier"
+) -> None:
+    """Refuse a model that a noisy classifier (or CLIP: ``what``) of ``classifier_schedule``
+    cannot guide: a class- or text-conditional one, a latent one, an EDM one, another noise
+    schedule."""
+    name = what[0].upper() + what[1:]
     if generator.model.num_classes or type(generator) is not Generator:
         raise ValueError(
-            "Classifier guidance here steers an unconditional model; this workdir's model is "
+            f"{name} guidance here steers an unconditional model; this workdir's model is "
             "conditional (use --guidance_scale for its classifier-free guidance)."
         )
     if generator.decoder is not None:
         raise ValueError(
-            "Classifier guidance needs a pixel-space model; this workdir is a latent diffusion "
-            "run (its x_t are latents, not the images the classifier read)."
+            f"{name} guidance needs a pixel-space model; this workdir is a latent diffusion "
+            f"run (its x_t are latents, not the images the {what} read)."
         )
     if generator.objective != "diffusion":
         raise ValueError(
-            f"Classifier guidance needs a model trained with objective='diffusion'; this one "
+            f"{name} guidance needs a model trained with objective='diffusion'; this one "
             f"is {generator.objective!r}."
         )
     same = np.array_equal(
@@ -123,6 +127,6 @@ def check_guidable(generator: Generator, classifier_schedule: Any) -> None:
     )
     if not same:
         raise ValueError(
-            "The classifier was trained on another noise schedule than the model; allowed: "
-            "a classifier run with the model's config.diffusion (beta schedule, timesteps)."
+            f"The {what} was trained on another noise schedule than the model; allowed: "
+            f"a {what} run with the model's config.diffusion (beta schedule, timesteps)."
         )

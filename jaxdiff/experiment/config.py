@@ -35,7 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
     """Every config field with its default (a class-conditional digits run)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "diffusion"  # "autoencoder": config.autoencoder; "classifier": config.classifier
+    # "autoencoder": config.autoencoder; "classifier": config.classifier; "clip": config.clip
+    # and config.text; "super_resolution": config.super_resolution and config.model
+    c.task = "diffusion"
     c.data = dict(
         name="digits",
         split="train",
@@ -122,6 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.autoencoder = _autoencoder_defaults()
     c.latent = _latent_defaults()
     c.classifier = _classifier_defaults()
+    c.clip = _clip_defaults()
+    c.super_resolution = _super_resolution_defaults()
     return ml_collections.ConfigDict(c)
 
 
@@ -148,6 +152,29 @@ def _classifier_defaults() -> dict[str, Any]:
         max_timestep=placeholder(int),  # None: train at every timestep of config.diffusion
         eval_timesteps=[0, 250, 500, 750],  # held-out accuracy at these noise levels
         eval_images=512,  # held-out images of the accuracy (at most the split's size)
+    )
+
+
+def _clip_defaults() -> dict[str, Any]:
+    """config.clip: the noise-aware CLIP of a task="clip" run (for CLIP guidance); its text
+    tower is config.text's "small" encoder."""
+    return dict(
+        kwargs=ml_collections.ConfigDict(),  # image tower: NoisyClassifier fields
+        embed_dim=64,
+        max_timestep=placeholder(int),  # None: train at every timestep of config.diffusion
+        eval_timesteps=[0, 250, 500, 750],  # held-out retrieval accuracy at these noise levels
+        eval_images=512,
+    )
+
+
+def _super_resolution_defaults() -> dict[str, Any]:
+    """config.super_resolution: a cascade's super-resolution stage (task="super_resolution";
+    its U-Net is config.model)."""
+    return dict(
+        factor=4,  # high / low resolution
+        augment_levels=4,  # noise conditioning augmentation levels (level 0: clean input)
+        sample_level=1,  # the level the low-resolution input is noised to at sampling
+        eval_images=64,  # held-out images upsampled for eval/psnr
     )
 
 
@@ -315,7 +342,20 @@ SCHEMA["classifier"] = {
     ),
     "eval_images": (_int(1), "an int >= 1"),
 }
-TASKS = ("diffusion", "autoencoder", "classifier")
+SCHEMA["clip"] = {
+    "kwargs": (lambda v: _is_dict(v), "a dict of NoisyClassifier fields (the image tower)"),
+    "embed_dim": (_int(2), "an int >= 2"),
+    "max_timestep": SCHEMA["classifier"]["max_timestep"],
+    "eval_timesteps": SCHEMA["classifier"]["eval_timesteps"],
+    "eval_images": (_int(2), "an int >= 2"),
+}
+SCHEMA["super_resolution"] = {
+    "factor": (_int(2), "an int >= 2"),
+    "augment_levels": (_int(1), "an int >= 1"),
+    "sample_level": (_int(0), "an int >= 0"),
+    "eval_images": (_int(1), "an int >= 1"),
+}
+TASKS = ("diffusion", "autoencoder", "classifier", "clip", "super_resolution")
 TOP_LEVEL = {
     "seed": (_int(0), "an int >= 0"),
     "task": (_one_of(*TASKS), f"one of {TASKS}"),
@@ -373,8 +413,8 @@ def _check_relations(config: Mapping[str, Any]) -> None:
     _check_text(config["text"])
     if config["data"]["global_batch_size"] % config["optim"]["grad_accum_steps"]:
         raise ValueError("config.data.global_batch_size must be divisible by grad_accum_steps.")
-    if config["task"] == "classifier":  # before config.sample: the schedule is the point
-        _check_classifier(config)
+    if config["task"] in ("classifier", "clip", "super_resolution"):  # before config.sample
+        _check_noise_reader(config)
     _check_sampling(config)
     _check_autoencoder_and_latent(config)
 
@@ -417,35 +457,57 @@ def _check_autoencoder_and_latent(config: Mapping[str, Any]) -> None:
         )
 
 
-def _check_classifier(config: Mapping[str, Any]) -> None:
-    """A classifier run reads the noise of config.diffusion's discrete schedule."""
-    diffusion_config, classifier = config["diffusion"], config["classifier"]
+def _check_noise_reader(config: Mapping[str, Any]) -> None:
+    """A classifier, CLIP or super-resolution run reads the noise of config.diffusion's
+    discrete schedule, on pixels."""
+    task, diffusion_config = config["task"], config["diffusion"]
     if diffusion_config["objective"] != "diffusion":
         raise ValueError(
-            f"config.task='classifier' needs config.diffusion.objective='diffusion' (a discrete "
+            f"config.task={task!r} needs config.diffusion.objective='diffusion' (a discrete "
             f"schedule of timesteps); got {diffusion_config['objective']!r}."
         )
     if config["latent"]["vae"] is not None:
         raise ValueError(
-            f"config.latent.vae={config['latent']['vae']!r} is for diffusion runs; a classifier "
-            "run (config.task='classifier') reads pixels: set config.latent.vae=None."
+            f"config.latent.vae={config['latent']['vae']!r} is for diffusion runs; a {task} "
+            f"run (config.task={task!r}) reads pixels: set config.latent.vae=None."
         )
-    if config["text"]["encoder"] != "none":
+    want_text = "small" if task == "clip" else "none"
+    if config["text"]["encoder"] != want_text:
+        why = {
+            "clip": "a CLIP run trains its text tower",
+            "classifier": "a classifier run predicts the dataset's labels",
+            "super_resolution": "a super-resolution run is conditioned on the low-resolution image",
+        }[task]
         raise ValueError(
-            f"config.text.encoder={config['text']['encoder']!r} is for diffusion runs; a "
-            "classifier run predicts the dataset's labels: set config.text.encoder='none'."
+            f"config.text.encoder={config['text']['encoder']!r}: {why}; set "
+            f"config.text.encoder={want_text!r}."
         )
-    num_t = diffusion_config["num_train_timesteps"]
-    limit = classifier["max_timestep"]
+    if task == "super_resolution":
+        sr = config["super_resolution"]
+        if sr["sample_level"] >= sr["augment_levels"]:
+            raise ValueError(
+                f"config.super_resolution.sample_level={sr['sample_level']} must be below "
+                f"augment_levels={sr['augment_levels']}."
+            )
+        if diffusion_config["learned_variance"]:
+            raise ValueError("config.task='super_resolution' needs learned_variance=False.")
+        return
+    _check_timesteps(task, config["classifier" if task == "classifier" else "clip"],
+                     diffusion_config["num_train_timesteps"])  # fmt: skip
+
+
+def _check_timesteps(task: str, section: Mapping[str, Any], num_t: int) -> None:
+    """config.<task>.max_timestep and eval_timesteps lie in the schedule."""
+    limit = section["max_timestep"]
     if limit is not None and limit > num_t:
         raise ValueError(
-            f"config.classifier.max_timestep={limit} is beyond the schedule; allowed: None or "
+            f"config.{task}.max_timestep={limit} is beyond the schedule; allowed: None or "
             f"an int in [1, {num_t}] (config.diffusion.num_train_timesteps)."
         )
-    bad = [t for t in classifier["eval_timesteps"] if t >= num_t]
+    bad = [t for t in section["eval_timesteps"] if t >= num_t]
     if bad:
         raise ValueError(
-            f"config.classifier.eval_timesteps has {bad} beyond the schedule; allowed: "
+            f"config.{task}.eval_timesteps has {bad} beyond the schedule; allowed: "
             f"timesteps in [0, {num_t - 1}] (config.diffusion.num_train_timesteps={num_t})."
         )
 

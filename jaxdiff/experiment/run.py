@@ -39,6 +39,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return train_autoencoder(config, workdir)
     if config.task == "classifier":
         return train_classifier(config, workdir)
+    if config.task == "clip":
+        from jaxdiff.experiment.clip_run import train_clip
+
+        return train_clip(config, workdir)
+    if config.task == "super_resolution":
+        from jaxdiff.experiment.super_resolution_run import train_super_resolution
+
+        return train_super_resolution(config, workdir)
     workdir = workdir_lib.check_workdir(workdir)
     dataset = from_config.open_dataset(config.data)
     latent = None  # config.latent: the frozen VAE whose latents are the data

@@ -101,8 +101,6 @@ def model_for_training(
       ValueError: the dataset has no captions, the workdir's tokenizer differs from the one
         of these captions, or the encoder's width is not the U-Net's ``context_dim``.
     """
-    from jaxdiff.text import WordTokenizer
-
     text_config = config.text
     captions = read_captions(builder, config.data.split)
     if text_config.encoder == "pretrained":
@@ -111,7 +109,20 @@ def model_for_training(
         if text_config.cache:
             model = tc.TextConditionedModel(unet, tc.CachedTextEncoder(frozen, captions))
         return model
-    tokenizer = WordTokenizer.from_captions(captions, max_length=text_config.max_length)
+    tokenizer = workdir_tokenizer(captions, text_config.max_length, workdir)
+    return conditioned_model(config, unet, small_encoder(text_config, tokenizer))
+
+
+def workdir_tokenizer(captions: list[str], max_length: int | None, workdir: str) -> Any:
+    """The `WordTokenizer` of a training run's captions, written to the workdir (process 0)
+    or, on resume, checked against the one there.
+
+    Raises:
+      ValueError: the workdir's tokenizer differs from the one of these captions.
+    """
+    from jaxdiff.text import WordTokenizer
+
+    tokenizer = WordTokenizer.from_captions(captions, max_length=max_length)
     path = os.path.join(workdir, TOKENIZER_FILE)
     if os.path.exists(path):
         stored = WordTokenizer.load(path)
@@ -123,7 +134,7 @@ def model_for_training(
             )
     elif jax.process_index() == 0:
         tokenizer.save(path)
-    return conditioned_model(config, unet, small_encoder(text_config, tokenizer))
+    return tokenizer
 
 
 def model_for_sampling(

@@ -21,9 +21,16 @@ class NoisyClassifier(UNet):
     U-Net's down path and middle (so a preset's settings carry over); the head is GroupNorm,
     SiLU, global average pooling over the pixels and a linear layer to ``num_outputs``
     classes. ``num_classes`` (class conditioning of the trunk) stays None.
+
+    Attributes:
+      num_outputs: the number of logits.
+      pool: "mean" (global average pooling, as ADM) or "flatten" (the lowest level's
+        features at every position, for outputs that depend on where things are, e.g. the
+        layout of a scene; the image size is then fixed by the parameters).
     """
 
     num_outputs: int = 10
+    pool: str = "mean"
 
     @nn.compact
     def __call__(
@@ -37,6 +44,10 @@ class NoisyClassifier(UNet):
         """Class logits [B, num_outputs] (float32)."""
         if self.num_outputs < 2:
             raise ValueError(f"NoisyClassifier needs num_outputs >= 2; got {self.num_outputs}.")
+        if self.pool not in ("mean", "flatten"):
+            raise ValueError(
+                f"NoisyClassifier: pool must be 'mean' or 'flatten'; got {self.pool!r}."
+            )
         n, spec = len(self.channels), self._spec()
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         nres = self.level_res_blocks()
@@ -54,5 +65,6 @@ class NoisyClassifier(UNet):
         h = mid(h, emb_act, context, train)
         h = nn.silu(GroupNorm(self.norm_groups, self.norm_eps, self.param_dtype,
                               name="norm_out")(h))  # fmt: skip
-        pooled = jnp.mean(h.astype(jnp.float32), axis=(1, 2))
+        h = h.astype(jnp.float32)
+        pooled = jnp.mean(h, axis=(1, 2)) if self.pool == "mean" else h.reshape(h.shape[0], -1)
         return Dense(self.num_outputs, name="head", **kw)(pooled).astype(jnp.float32)
