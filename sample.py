@@ -10,6 +10,7 @@
       --prompt "a small 5 in the top right" --guidance_scale 3
   python sample.py --workdir=workdirs/scenes_uncond --clip_workdir=workdirs/scenes_clip \
       --clip_scale=3 --prompt "a 3 to the left of a seven"
+  python sample.py --workdir=workdirs/scenes_base8 --sr_workdir=workdirs/scenes_sr  # cascade
 
 Writes <out>/samples.png (a grid) and <out>/samples.npz (images in [-1, 1], labels or
 prompts, seed).
@@ -40,6 +41,11 @@ flags.DEFINE_string(
     "clip_workdir", None, "Guide an unconditional --workdir towards --prompt by this CLIP run."
 )
 flags.DEFINE_float("clip_scale", 1.0, "CLIP guidance scale (0: unguided).")
+flags.DEFINE_string(
+    "sr_workdir", None, "Cascade: upsample --workdir's samples with this super-resolution run."
+)
+flags.DEFINE_integer("sr_level", None, "Augmentation level of the cascade's input (run's default).")
+flags.DEFINE_integer("sr_steps", None, "Sampling steps of the super-resolution stage (run's).")
 flags.DEFINE_bool("clip_x0", False, "CLIP guidance scores the model's x_0 prediction, not x_t.")
 flags.DEFINE_multi_string(
     "prompt",
@@ -126,6 +132,16 @@ def _clip_guided(gen, f):
     return ClipGuidedGenerator(gen, *load_clip_workdir(f.clip_workdir), x0_based=f.clip_x0)
 
 
+def _upsample(samples, f):
+    """The cascade's second stage: --workdir's samples upsampled by --sr_workdir."""
+    from jaxdiff.experiment.super_resolution_run import load_super_resolution_workdir
+
+    stage = load_super_resolution_workdir(f.sr_workdir)
+    print(f"Upsampling {len(samples)} samples x{stage.factor} with {f.sr_workdir}.")
+    return stage.upsample(samples, num_steps=f.sr_steps, level=f.sr_level, seed=f.seed,
+                          batch_size=f.batch_size, progress=True)  # fmt: skip
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -162,6 +178,8 @@ def main(argv):
             batch_size=f.batch_size,
             options=_options(gen, f),
         )
+        if f.sr_workdir is not None:
+            samples = _upsample(samples, f)
     except ValueError as e:
         sys.exit(f"sample.py: error: {e}")
     out = f.out or os.path.join(f.workdir or f.diffusers_dir, "generated")

@@ -1,11 +1,12 @@
 """A small noise-aware CLIP of the digit scenes, for CLIP guidance of the unconditional scene
-model (configs/text2img.py:uncond): an image tower of three levels (32, 64, 64 channels at
-32x32, 16x16 and 8x8, no attention) whose 8x8 features are flattened into the 64-d
-embedding (average pooling would forget where the digits are, and the captions are about
-where they are), and the 2-layer, 64-wide text encoder of configs/text2img.py. Images are
-noised at uniformly drawn timesteps of the linear 1000-step schedule of configs/text2img.py
-(the noise of the model it guides: keep config.diffusion equal to that model's). Batch 128,
-AdamW at 1e-3 with cosine decay, 2000 steps. TensorBoard shows the held-out retrieval
+model (configs/text2img.py:uncond): an image tower on 4x4 pixel patches folded into channels
+(as the scene model's U-Net) of two levels (64 and 128 channels at 8x8 and 4x4, no
+attention) whose 4x4 features are flattened into the 64-d embedding (average pooling would
+forget where the digits are, and the captions are about where they are), and the 2-layer,
+64-wide text encoder of configs/text2img.py. Images are noised at uniformly drawn timesteps
+of the linear 1000-step schedule of configs/text2img.py (the noise of the model it guides:
+keep config.diffusion equal to that model's). Batch 128, AdamW at 1e-3 with cosine decay,
+2000 steps. TensorBoard shows the held-out retrieval
 accuracy (the best-matching caption among 512 held-out captions is the image's own) at
 t = 0, 250, 500 and 750.
 
@@ -28,10 +29,11 @@ def get_config(variant: str = ""):
     c.data.name = "digit_scenes"
     c.data.global_batch_size = 128
     c.clip.kwargs = dict(
-        channels=(32, 64, 64), num_res_blocks=1, attention_levels=(), mid_attention=False,
+        channels=(64, 128), num_res_blocks=1, attention_levels=(), mid_attention=False,
         norm_groups=8, dropout=0.0, pool="flatten",
     )  # fmt: skip
     c.clip.embed_dim = 64
+    c.clip.patch_size = 4
     c.text.encoder = "small"
     c.text.width = 64
     c.text.num_layers = 2

@@ -86,7 +86,9 @@ def build_clip(config: ml_collections.ConfigDict, tokenizer: Any) -> SmallCLIP:
     except ValueError as e:
         raise ValueError(f"config.clip.kwargs: {e}") from None
     text_tower = text_lib.small_encoder(config.text, tokenizer).module
-    return SmallCLIP(image_tower, text_tower, embed_dim=embed_dim)
+    return SmallCLIP(
+        image_tower, text_tower, embed_dim=embed_dim, patch_size=config.clip.patch_size
+    )
 
 
 def init_params_fn(

@@ -161,6 +161,7 @@ def _clip_defaults() -> dict[str, Any]:
     return dict(
         kwargs=ml_collections.ConfigDict(),  # image tower: NoisyClassifier fields
         embed_dim=64,
+        patch_size=1,  # > 1: the image tower reads p x p pixel patches folded into channels
         max_timestep=placeholder(int),  # None: train at every timestep of config.diffusion
         eval_timesteps=[0, 250, 500, 750],  # held-out retrieval accuracy at these noise levels
         eval_images=512,
@@ -345,6 +346,7 @@ SCHEMA["classifier"] = {
 SCHEMA["clip"] = {
     "kwargs": (lambda v: _is_dict(v), "a dict of NoisyClassifier fields (the image tower)"),
     "embed_dim": (_int(2), "an int >= 2"),
+    "patch_size": (_int(1), "an int >= 1"),
     "max_timestep": SCHEMA["classifier"]["max_timestep"],
     "eval_timesteps": SCHEMA["classifier"]["eval_timesteps"],
     "eval_images": (_int(2), "an int >= 2"),

@@ -176,6 +176,13 @@ def load_workdir(workdir: str, *, step: int | None = None) -> Generator:
             f"{workdir} is a classifier run (config.task='classifier'); sampling needs a "
             "diffusion run (a classifier guides one: --classifier_workdir)."
         )
+    if info.get("task") in ("clip", "super_resolution"):
+        task = info["task"]
+        use = "--clip_workdir" if task == "clip" else "--sr_workdir"
+        raise ValueError(
+            f"{workdir} is a {task} run (config.task={task!r}); sampling needs a diffusion run "
+            f"(sample.py takes this one as {use} after --workdir)."
+        )
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     with training.Checkpointer(os.path.join(workdir, CHECKPOINTS), read_only=True) as ckpt:
 

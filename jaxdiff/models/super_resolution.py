@@ -92,7 +92,7 @@ class SuperResolutionUNet(nn.Module):
             labels = jnp.zeros((x.shape[0],), jnp.int32)
         h = jnp.concatenate([x, upsample(low_res.astype(x.dtype), self.factor)], axis=-1)
         out = self.unet(h, t, labels=labels, train=train)
-        return out[..., : x.shape[-1]] if self.unet.out_channels is None else out
+        return out if out.shape[-1] == x.shape[-1] else out[..., : x.shape[-1]]
 
 
 def conditioned_model_fn(
