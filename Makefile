@@ -12,9 +12,13 @@ LATENT_WORKDIR ?= workdirs/digits_latent
 T2I_WORKDIR ?= workdirs/text2img
 CLF_WORKDIR ?= workdirs/digits_classifier
 UNCOND_WORKDIR ?= workdirs/digits_uncond
+SCENES_UNCOND_WORKDIR ?= workdirs/scenes_uncond
+CLIP_WORKDIR ?= workdirs/scenes_clip
+SR_WORKDIR ?= workdirs/scenes_sr
+BASE8_WORKDIR ?= workdirs/scenes_base8
 
 .PHONY: install train sample test lint format clean latent latent-benchmark train-text2img \
-	classifier classifier-guidance
+	classifier classifier-guidance clip-guidance super-resolution
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +62,18 @@ classifier: install
 classifier-guidance: classifier
 	$(BIN)/python benchmarks/classifier_guidance.py --workdir=$(UNCOND_WORKDIR) \
 		--classifier_workdir=$(CLF_WORKDIR)
+
+# CLIP guidance: the unconditional scene model and the noise-aware CLIP (trained if missing),
+# then prompt accuracy vs CLIP scale.
+clip-guidance: install
+	$(BIN)/python benchmarks/clip_guidance.py --uncond_workdir=$(SCENES_UNCOND_WORKDIR) \
+		--clip_workdir=$(CLIP_WORKDIR)
+
+# The cascade: the 8x8 base model and the 8x8 -> 32x32 super-resolution stage (trained if
+# missing), then PSNR / FD vs bicubic and the cascade's FD.
+super-resolution: install
+	$(BIN)/python benchmarks/super_resolution.py --sr_workdir=$(SR_WORKDIR) \
+		--base_workdir=$(BASE8_WORKDIR)
 
 test: install
 	$(BIN)/python -m pytest -q tests
