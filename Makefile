@@ -75,8 +75,11 @@ super-resolution: install
 	$(BIN)/python benchmarks/super_resolution.py --sr_workdir=$(SR_WORKDIR) \
 		--base_workdir=$(BASE8_WORKDIR)
 
+# Two worker processes, each taking whole test files (--dist loadfile: a file's module-scoped
+# fixtures, e.g. its smoke runs, are built once). TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: install
 	$(BIN)/ruff check .

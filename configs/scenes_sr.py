@@ -7,7 +7,7 @@ given its 8x8 view (4x4 average pooling), upsampled and concatenated. Noise cond
 augmentation: the 8x8 input is noised at one of 8 levels (t = 0, 125, ..., 875 of the
 linear schedule), drawn uniformly in training and told to the model; sampling uses level 1
 (t = 125), so the stage repairs a base model's artifacts instead of copying them. Batch 64,
-AdamW 2e-3 with cosine decay, 3000 steps. TensorBoard shows the held-out PSNR of DDIM-20
+AdamW 2e-3 with cosine decay, 2000 steps. TensorBoard shows the held-out PSNR of DDIM-20
 upsampling next to bicubic's; samples/ shows rows of (8x8 input, bicubic, this stage,
 original).
 
@@ -56,6 +56,7 @@ def get_config(variant: str = ""):
         c.sample.num_samples = 64
     else:
         c.task = "super_resolution"
+        c.train.num_steps = 2000
         c.model.preset = "DIGITS"
         c.model.patch_size = 4
         c.model.kwargs = dict(
