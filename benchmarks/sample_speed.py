@@ -92,8 +92,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="sample.py's --batch_size")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-cpu-flags", action="store_true", help="skip jaxdiff's XLA CPU flags")
     args = parser.parse_args()
 
+    from jaxdiff import runtime
+
+    # What sample.py does first: the verified XLA CPU flags (the compilation cache does not
+    # change steady-state speed; it is left off so every run compiles the same way).
+    chosen = runtime.configure(compilation_cache=False, cpu_flags=not args.no_cpu_flags)
     from jaxdiff import models
 
     gen, module, params = build_generator(args.workdir)
@@ -121,7 +127,8 @@ def main() -> None:
 
     print(f"{args.images} images, batch {args.batch}, {args.threads} threads, "
           f"{'trained ' + args.workdir if args.workdir else 'DIGITS U-Net, random weights'}; "
-          f"loadavg {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"loadavg {os.getloadavg()[0]:.1f}; "
+          f"XLA_FLAGS {chosen.get('XLA_FLAGS', '(none)')!r}")  # fmt: skip
     print("| sampler | steps | jaxdiff images/s | diffusers images/s | ratio |")
     print("| --- | --- | --- | --- | --- |")
     for sampler in ("dpm_solver", "ddim"):
