@@ -15,5 +15,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A datasets folder ($JAXDIFF_DATA_DIR) for a test file's in-process runs, shared by the
+    files of one worker (each dataset is prepared once there)."""
+    path = tmp_path_factory.getbasetemp() / "data"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXDIFF_DATA_DIR", str(path))
+        yield path

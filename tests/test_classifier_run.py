@@ -29,14 +29,6 @@ EVAL_TAGS = {f"eval/accuracy_t{t}" for t in (0, 250, 500, 750)} | {"eval/accurac
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.getbasetemp() / "data"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAXDIFF_DATA_DIR", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
     """An uninterrupted smoke run (4 steps, checkpoints at 2 and 4)."""
     work = tmp_path_factory.mktemp("clf") / "straight"

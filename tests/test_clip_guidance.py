@@ -27,14 +27,6 @@ from test_end_to_end import run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.getbasetemp() / "data"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAXDIFF_DATA_DIR", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def workdirs(tmp_path_factory, data_dir):
     """Smoke runs of the CLIP and of the unconditional scene model (4 steps each)."""
     root = tmp_path_factory.mktemp("clip")

@@ -26,14 +26,6 @@ from test_end_to_end import run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.getbasetemp() / "data"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAXDIFF_DATA_DIR", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def workdirs(tmp_path_factory, data_dir):
     """Smoke runs of the stage and of the 8x8 base model (4 steps each)."""
     root = tmp_path_factory.mktemp("sr")

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jaxdiff import diffusion, models, training
 from jaxdiff.experiment import from_config, run_loop
@@ -33,7 +32,7 @@ from jaxdiff.experiment import workdir as workdir_lib
 from jaxdiff.experiment.autoencoder_run import held_out_batch
 from jaxdiff.experiment.config import config_from_dict
 from jaxdiff.schedules import DiscreteSchedule
-from jaxdiff.training.step import TrainStepFn
+from jaxdiff.training.step import LossFn
 
 TASK = "classifier"
 """run_info.json's ``task`` entry in a classifier workdir."""
@@ -103,18 +102,13 @@ def check_classifier(module: models.NoisyClassifier, image_shape: tuple[int, ...
         raise ValueError(f"config.classifier.kwargs: {e}") from None
 
 
-def build_train_step(
-    config: ml_collections.ConfigDict,
-    module: models.NoisyClassifier,
-    schedule: DiscreteSchedule,
-    optimizer: optax.GradientTransformation,
-    learning_rate: optax.Schedule,
-) -> TrainStepFn:
-    """The pure train step of ``config.classifier`` / ``config.ema`` / ``config.optim``."""
-    loss_fn = training.make_classifier_loss_fn(
+def build_loss_fn(
+    config: ml_collections.ConfigDict, module: models.NoisyClassifier, schedule: DiscreteSchedule
+) -> LossFn:
+    """The per-example loss of ``config.classifier`` (noised at uniform timesteps)."""
+    return training.make_classifier_loss_fn(
         module.apply, schedule=schedule, max_timestep=config.classifier.max_timestep
     )
-    return from_config.train_step_of_loss(config, loss_fn, optimizer, learning_rate)
 
 
 def make_accuracy_fn(
@@ -168,13 +162,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
             num_classes=dataset.num_classes,
             extra={"task": TASK},
         )
-    mesh = training.make_mesh(fsdp=config.train.fsdp)
-    optimizer, lr = from_config.build_optimizer(config)
-    init_fn = training.make_init_fn(init_params_fn(module, dataset.image_shape), optimizer)
-    k_init, k_train = jax.random.split(jax.random.key(config.seed))
-    state, shardings = training.init_sharded_state(init_fn, k_init, mesh)
-    train_step = build_train_step(config, module, schedule, optimizer, lr)
-    step_fn = training.jit_train_step(train_step, mesh, shardings)
+    state, step_fn, k_train, mesh = from_config.sharded_training(
+        config, init_params_fn(module, dataset.image_shape), build_loss_fn(config, module, schedule)
+    )
     held_out = held_out_batch(dataset, config.data, config.classifier.eval_images)
     accuracy = make_accuracy_fn(
         module,

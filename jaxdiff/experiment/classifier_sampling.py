@@ -42,14 +42,7 @@ class ClassifierGuidedGenerator(Generator):
     ):
         check_guidable(generator, classifier_schedule)
         super().__init__(
-            generator.model,
-            generator.params,
-            generator.schedule,
-            objective=generator.objective,
-            prediction_type=generator.prediction_type,
-            sigma_data=generator.sigma_data,
-            image_shape=generator.image_shape,
-            learned_variance=generator.learned_variance,
+            generator.model, generator.params, generator.schedule, **generator.fields()
         )
         self.classifier, self.classifier_params = classifier, classifier_params
 

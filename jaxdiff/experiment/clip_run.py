@@ -156,16 +156,10 @@ def train_clip(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
             workdir, config, image_shape=dataset.image_shape, num_classes=None,
             extra={"task": TASK},
         )  # fmt: skip
-    mesh = training.make_mesh(fsdp=config.train.fsdp)
-    optimizer, lr = from_config.build_optimizer(config)
-    init_fn = training.make_init_fn(init_params, optimizer)
-    k_init, k_train = jax.random.split(jax.random.key(config.seed))
-    state, shardings = training.init_sharded_state(init_fn, k_init, mesh)
     loss_fn = make_clip_loss_fn(
         module.apply, schedule=schedule, max_timestep=config.clip.max_timestep
     )
-    train_step = from_config.train_step_of_loss(config, loss_fn, optimizer, lr)
-    step_fn = training.jit_train_step(train_step, mesh, shardings)
+    state, step_fn, k_train, mesh = from_config.sharded_training(config, init_params, loss_fn)
     held_out = held_out_batch(dataset, config.data, config.clip.eval_images)
     accuracy = make_accuracy_fn(
         module,

@@ -52,14 +52,7 @@ class ClipGuidedGenerator(Generator):
     ):
         check_guidable(generator, clip_schedule, what="CLIP")
         super().__init__(
-            generator.model,
-            generator.params,
-            generator.schedule,
-            objective=generator.objective,
-            prediction_type=generator.prediction_type,
-            sigma_data=generator.sigma_data,
-            image_shape=generator.image_shape,
-            learned_variance=generator.learned_variance,
+            generator.model, generator.params, generator.schedule, **generator.fields()
         )
         self.run_sampler = generator.run_sampler
         self.clip, self.clip_params, self.tokenizer = clip, clip_params, tokenizer

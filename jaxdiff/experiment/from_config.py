@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -229,3 +230,23 @@ def init_params_fn(model: models.UNet, image_shape: tuple[int, ...]):
         return model.init({"params": key}, x, jnp.zeros((1,)), labels=labels)["params"]
 
     return init_params
+
+
+def sharded_training(
+    config: ml_collections.ConfigDict, init_params: Any, loss_fn: Any
+) -> tuple[Any, Any, jax.Array, Any]:
+    """What a run of a per-example ``loss_fn`` builds before its loop: the mesh of
+    ``config.train.fsdp``, the optimizer of ``config.optim``, the train state initialised
+    from ``init_params`` (``key -> parameters``) and sharded on the mesh, and the jitted step
+    (``config.ema``, gradient accumulation).
+
+    Returns:
+      (state, jitted step, the run's training key, mesh).
+    """
+    mesh = training.make_mesh(fsdp=config.train.fsdp)
+    optimizer, lr = build_optimizer(config)
+    init_fn = training.make_init_fn(init_params, optimizer)
+    k_init, k_train = jax.random.split(jax.random.key(config.seed))
+    state, shardings = training.init_sharded_state(init_fn, k_init, mesh)
+    train_step = train_step_of_loss(config, loss_fn, optimizer, lr)
+    return state, training.jit_train_step(train_step, mesh, shardings), k_train, mesh

@@ -154,6 +154,13 @@ class Generator:
         """Number of classes (0 for an unconditional model)."""
         return int(self.model.num_classes or 0)
 
+    def fields(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this generator's model reading (a guided
+        generator wraps an unconditional one with them)."""
+        return dict(objective=self.objective, prediction_type=self.prediction_type,
+                    sigma_data=self.sigma_data, image_shape=self.image_shape,
+                    learned_variance=self.learned_variance)  # fmt: skip
+
     def check(
         self,
         *,

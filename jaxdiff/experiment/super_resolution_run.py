@@ -237,17 +237,11 @@ def train_super_resolution(config: ml_collections.ConfigDict, workdir: str) -> d
             workdir, config, image_shape=dataset.image_shape, num_classes=None,
             extra={"task": TASK, "factor": sr.factor},
         )  # fmt: skip
-    mesh = training.make_mesh(fsdp=config.train.fsdp)
-    optimizer, lr = from_config.build_optimizer(config)
-    init_fn = training.make_init_fn(init_params, optimizer)
-    k_init, k_train = jax.random.split(jax.random.key(config.seed))
-    state, shardings = training.init_sharded_state(init_fn, k_init, mesh)
     loss_fn = make_super_resolution_loss_fn(
         module.apply, schedule=schedule, factor=sr.factor, augment_levels=sr.augment_levels,
         prediction_type=config.diffusion.prediction_type,
     )  # fmt: skip
-    train_step = from_config.train_step_of_loss(config, loss_fn, optimizer, lr)
-    step_fn = training.jit_train_step(train_step, mesh, shardings)
+    state, step_fn, k_train, mesh = from_config.sharded_training(config, init_params, loss_fn)
     held_out = np.asarray(held_out_batch(dataset, config.data, sr.eval_images)["image"])
     low = np.asarray(downsample(jnp.asarray(held_out), sr.factor))
     bicubic = bicubic_upsample(low, sr.factor)
