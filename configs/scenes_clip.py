@@ -14,7 +14,7 @@ Needs no network. Launch:
   python train.py --config=configs/scenes_clip.py --workdir=workdirs/scenes_clip
 Then guide the unconditional scene model towards prompts:
   python sample.py --workdir=workdirs/scenes_uncond --clip_workdir=workdirs/scenes_clip \\
-      --clip_scale=100 --prompt "a 3 to the left of a seven" --prompt "a small 5 in the top right"
+      --clip_scale=3 --prompt "a 3 to the left of a seven" --prompt "a small 5 in the top right"
   python benchmarks/clip_guidance.py
 Smoke variant (a few steps, used by the tests):
   python train.py --config=configs/scenes_clip.py:smoke --workdir=/tmp/clip_smoke
