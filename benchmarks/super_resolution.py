@@ -87,7 +87,7 @@ def main(argv=None):
         ok = scoring.score_layouts(images, test["digits"], test["boxes"], classify,
                                    empty_ink=empty_ink)  # fmt: skip
         fd = frechet_distance(pixel_features(images), real_features) / fd_floor
-        return float(np.mean(psnr(images, real))), fd, float(np.mean(ok))
+        return float(np.mean(psnr(real, images))), fd, float(np.mean(ok))
 
     t0 = time.perf_counter()
     rows = {

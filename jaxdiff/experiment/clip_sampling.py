@@ -14,7 +14,6 @@ import numpy as np
 
 import jaxdiff
 from jaxdiff.experiment.classifier_sampling import check_guidable
-from jaxdiff.experiment.per_sample_rng import per_sample_keys, per_sample_noise
 from jaxdiff.experiment.sampling import (
     Generator,
     model_fn_for_sampling,
@@ -93,7 +92,6 @@ class ClipGuidedGenerator(Generator):
         """Draw ``num_samples`` images [N, H, W, C] in [-1, 1] guided towards ``prompts``
         (cycled to N); sample i depends only on (seed, i), its prompt and the scale. Returns
         the images and the prompt of each (a str array [N])."""
-        from tqdm.auto import tqdm
 
         options = dict(options or {})
         self.check(sampler=sampler, labels=None if labels is None else np.asarray(labels),
@@ -105,18 +103,14 @@ class ClipGuidedGenerator(Generator):
         embeds = self.text_embeds(list(prompts))
         params = self.params if params is None else params
         generate = self._generate_fn(sampler, num_steps, options, True)
-        out = []
-        bar = tqdm(total=num_samples, disable=not progress, desc=f"{sampler} x{num_steps}")
-        for start in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - start)
-            keys = per_sample_keys(seed, start, n)
-            noise = per_sample_noise(keys, self.image_shape)
-            text = jnp.asarray(embeds[start : start + n])
-            scale = jnp.float32(guidance_scale)
-            out.append(np.asarray(generate(params, noise, keys, text, scale, None)))
-            bar.update(n)
-        bar.close()
-        return np.concatenate(out), prompts.astype(str)
+        scale = jnp.float32(guidance_scale)
+
+        def draw(noise, keys, rows):
+            return generate(params, noise, keys, jnp.asarray(embeds[rows]), scale, None)
+
+        images = self._draw_batches(draw, num_samples, seed=seed, batch_size=batch_size,
+                                    progress=progress, desc=f"{sampler} x{num_steps}")  # fmt: skip
+        return images, prompts.astype(str)
 
     def _make_generate_fn(self, sampler, num_steps, options, guided):
         del guided  # always guided by the CLIP (scale 0: not at all)

@@ -229,7 +229,6 @@ class Generator:
         ``prompts`` are refused: they are for a text-conditioned model
         (:class:`jaxdiff.experiment.text_sampling.TextGenerator`).
         """
-        from tqdm.auto import tqdm
 
         if prompts:
             raise ValueError(
@@ -256,19 +255,42 @@ class Generator:
             raise ValueError("This Generator has no parameters; pass params=.")
         guided = labels is not None and guidance_scale != 1.0
         generate = self._generate_fn(sampler, num_steps, options, guided)
+        scale = jnp.float32(guidance_scale)
+        decoder_params = None if self.decoder is None else self.decoder.params
+
+        def draw(noise, keys, rows):
+            lab = None if labels is None else jnp.asarray(labels[rows])
+            return generate(params, noise, keys, lab, scale, decoder_params)
+
+        images = self._draw_batches(draw, num_samples, seed=seed, batch_size=batch_size,
+                                    progress=progress, desc=f"{sampler} x{num_steps}")  # fmt: skip
+        return images, labels
+
+    def _draw_batches(
+        self,
+        draw: Callable[[jax.Array, jax.Array, slice], jax.Array],
+        num_samples: int,
+        *,
+        seed: int,
+        batch_size: int,
+        progress: bool,
+        desc: str,
+    ) -> np.ndarray:
+        """``draw(noise, keys, rows)`` over batches of at most ``batch_size`` samples, with
+        the per-sample keys and noise of samples ``rows`` (a slice), so that sample i depends
+        only on (seed, i); the batches' images concatenated, with a progress bar."""
+        from tqdm.auto import tqdm
+
         out = []
-        bar = tqdm(total=num_samples, disable=not progress, desc=f"{sampler} x{num_steps}")
+        bar = tqdm(total=num_samples, disable=not progress, desc=desc)
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             keys = per_sample_keys(seed, start, n)
             noise = per_sample_noise(keys, self.image_shape)
-            lab = None if labels is None else jnp.asarray(labels[start : start + n])
-            scale = jnp.float32(guidance_scale)
-            decoder_params = None if self.decoder is None else self.decoder.params
-            out.append(np.asarray(generate(params, noise, keys, lab, scale, decoder_params)))
+            out.append(np.asarray(draw(noise, keys, slice(start, start + n))))
             bar.update(n)
         bar.close()
-        return np.concatenate(out), labels
+        return np.concatenate(out)
 
     def _generate_fn(self, sampler, num_steps, options, guided):
         """The jitted ``generate(params, noise, keys, labels, scale)``, compiled once per

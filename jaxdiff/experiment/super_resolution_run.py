@@ -31,6 +31,7 @@ from jaxdiff import training
 from jaxdiff.experiment import from_config, run_loop
 from jaxdiff.experiment import images as images_lib
 from jaxdiff.experiment import workdir as workdir_lib
+from jaxdiff.experiment.autoencoder import psnr
 from jaxdiff.experiment.autoencoder_run import held_out_batch
 from jaxdiff.experiment.config import config_from_dict
 from jaxdiff.experiment.per_sample_rng import per_sample_keys, per_sample_noise
@@ -87,12 +88,6 @@ def bicubic_upsample(low_res: np.ndarray, factor: int) -> np.ndarray:
     n, h, w, c = low_res.shape
     out = jax.image.resize(jnp.asarray(low_res), (n, h * factor, w * factor, c), "bicubic")
     return np.clip(np.asarray(out), -1.0, 1.0)
-
-
-def psnr(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """PSNR [N] in dB of images in [-1, 1] against the reference (peak-to-peak 2)."""
-    err = np.mean((np.asarray(images, np.float64) - reference) ** 2, axis=(1, 2, 3))
-    return 10.0 * np.log10(4.0 / np.maximum(err, 1e-12))
 
 
 class SuperResolutionStage:
@@ -250,8 +245,8 @@ def train_super_resolution(config: ml_collections.ConfigDict, workdir: str) -> d
     def evaluate(step, state):  # held-out upsampling: PSNR vs bicubic's, a grid
         up = stage.upsample(low, params=state.ema_params, seed=config.sample.seed)
         scalars = {
-            "eval/psnr": float(np.mean(psnr(up, held_out))),
-            "eval/psnr_bicubic": float(np.mean(psnr(bicubic, held_out))),
+            "eval/psnr": float(np.mean(psnr(held_out, up))),
+            "eval/psnr_bicubic": float(np.mean(psnr(held_out, bicubic))),
         }
         if jax.process_index() == 0:
             n = min(8, len(held_out))

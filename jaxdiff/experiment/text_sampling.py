@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxdiff
-from jaxdiff.experiment.per_sample_rng import per_sample_keys, per_sample_noise
 from jaxdiff.experiment.sampling import (
     Generator,
     model_fn_for_sampling,
@@ -81,7 +80,6 @@ class TextGenerator(Generator):
         Sample i depends only on (seed, i) and its prompt. ``prompts`` None draws the default
         prompts. Returns the images and the prompt of each (a str array [N]).
         """
-        from tqdm.auto import tqdm
 
         options = dict(options or {})
         self.check(sampler=sampler, labels=labels, guidance_scale=guidance_scale,
@@ -96,19 +94,16 @@ class TextGenerator(Generator):
             raise ValueError("This TextGenerator has no parameters; pass params=.")
         generate = self._generate_fn(sampler, num_steps, options, guidance_scale != 1.0)
         null = jnp.asarray(self.tokenize([""]))
-        out = []
-        bar = tqdm(total=num_samples, disable=not progress, desc=f"{sampler} x{num_steps}")
-        for start in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - start)
-            keys = per_sample_keys(seed, start, n)
-            noise = per_sample_noise(keys, self.image_shape)
-            ids = jnp.asarray(rows[start : start + n])
-            scale = jnp.float32(guidance_scale)
-            decoder_params = None if self.decoder is None else self.decoder.params
-            out.append(np.asarray(generate(params, noise, keys, ids, null, scale, decoder_params)))
-            bar.update(n)
-        bar.close()
-        return np.concatenate(out), prompts.astype(str)
+        scale = jnp.float32(guidance_scale)
+        decoder_params = None if self.decoder is None else self.decoder.params
+
+        def draw(noise, keys, batch_rows):
+            ids = jnp.asarray(rows[batch_rows])
+            return generate(params, noise, keys, ids, null, scale, decoder_params)
+
+        images = self._draw_batches(draw, num_samples, seed=seed, batch_size=batch_size,
+                                    progress=progress, desc=f"{sampler} x{num_steps}")  # fmt: skip
+        return images, prompts.astype(str)
 
     def _make_generate_fn(self, sampler, num_steps, options, guided):
         options = sampler_options(sampler, options, learned_variance=self.learned_variance)
