@@ -107,8 +107,10 @@ def main(argv=None):
         print(f"| {name} | {db:.2f} | {fd:.2f} | {acc:.1%} |")
 
     n = len(real)
-    base_samples, _ = base.sample(num_samples=n, sampler="ddim", num_steps=20, seed=2,
-                                  batch_size=250, progress=False)  # fmt: skip
+    base_run = base.run_sampler  # what sample.py --workdir=<base> runs by default
+    base_samples, _ = base.sample(num_samples=n, sampler=base_run["sampler"], num_steps=20,
+                                  options=base_run["options"], seed=2, batch_size=250,
+                                  progress=False)  # fmt: skip
     cascade = stage.upsample(base_samples, num_steps=args.num_steps, seed=3, batch_size=250)
     fd_cascade = frechet_distance(pixel_features(cascade), real_features) / fd_floor
     fd_bicubic = (
@@ -117,7 +119,8 @@ def main(argv=None):
         )
         / fd_floor
     )
-    print(f"\nCascade ({n} base samples, DDIM 20 at 8x8, then the stage at level "
+    print(f"\nCascade ({n} base samples, {base_run['sampler']} x20 {base_run['options']} "
+          f"at 8x8, then the stage at level "
           f"{stage.sample_level}): pixel FD / floor {fd_cascade:.2f}; base + bicubic "
           f"{fd_bicubic:.2f}. FD floor {fd_floor:.1f}. Took {time.perf_counter() - t0:.0f} s "
           f"(load average {os.getloadavg()[0]:.1f}).")  # fmt: skip
