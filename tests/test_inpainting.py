@@ -102,9 +102,10 @@ def mixture_conditional():
 def test_repaint_on_a_gaussian_mixture_approaches_the_exact_conditional():
     """Measured (4000 draws, 250 steps, jump length 1): the mean's bias is -0.22 without
     resampling, -0.049 / -0.026 / -0.013 / -0.005 at r = 10 / 20 / 40 / 80, and -0.017 at
-    r = 160 (the DDPM step's Gaussian kernel is itself approximate, so more resampling
-    stops helping); the variance is 12% high at r = 80. RePaint is approximate, and the
-    mode weights of the conditional are what it is slowest to get right."""
+    r = 160 (heavy resampling relaxes towards the chain's own stationary law, which with
+    diffusers' kernels is not the conditional: see the closed form below); the variance is
+    12% high at r = 80. RePaint is approximate, and the mode weights of the conditional are
+    what it is slowest to get right (benchmarks/repaint_mixture.py)."""
     w, means, var = mixture_conditional()
     exact_mean = float(np.sum(w * means))
     # P(x_1 > 0.25): the weight of the upper mode, its spread included
