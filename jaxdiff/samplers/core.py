@@ -227,6 +227,30 @@ def split_learned_variance(output: jax.Array, x: jax.Array) -> tuple[jax.Array, 
     return output, None
 
 
+def ddpm_step_std(
+    variance_type: str,
+    v: jax.Array | None,
+    output: jax.Array,
+    x: jax.Array,
+    std_small: jax.Array,
+    std_large: jax.Array,
+    log_var_small: jax.Array,
+    log_var_large: jax.Array,
+) -> jax.Array:
+    """The standard deviation of a DDPM ancestral step: ``"fixed_small"`` (beta~_t, the
+    posterior's), ``"fixed_large"`` (beta_t) or ``"learned_range"`` (the model's ``v`` in
+    [-1, 1] interpolating the two log-variances, Nichol & Dhariwal 2021 eq. 15)."""
+    if variance_type == "learned_range":
+        if v is None:
+            raise ValueError(
+                "variance_type='learned_range' needs a model output with twice the input "
+                f"channels (last axis); got output shape {output.shape} for x {x.shape}."
+            )
+        frac = (v + 1.0) / 2.0
+        return jnp.exp(0.5 * (frac * log_var_large + (1.0 - frac) * log_var_small))
+    return std_small if variance_type == "fixed_small" else std_large
+
+
 def ve_model_input(x: jax.Array, sigma: Any) -> jax.Array:
     """The variance-preserving model input x / sqrt(sigma^2 + 1) of the variable x = x_vp / alpha
     that sigma-space samplers integrate (diffusers' ``scale_model_input``)."""

@@ -96,16 +96,8 @@ def ddpm(
         x0, _ = diffusion.to_x0_eps(output, x, s.alpha, s.sigma, prediction_type)
         x0 = process_x0(x0)
         mean = s.c_x0 * x0 + s.c_xt * x  # mu~_t(x_t, x_0), eq. 7
-        if variance_type == "learned_range":
-            if v is None:
-                raise ValueError(
-                    "variance_type='learned_range' needs a model output with twice the input "
-                    f"channels (last axis); got output shape {output.shape} for x {x.shape}."
-                )
-            frac = (v + 1.0) / 2.0
-            std = jnp.exp(0.5 * (frac * s.log_var_large + (1.0 - frac) * s.log_var_small))
-        else:
-            std = s.std_small if variance_type == "fixed_small" else s.std_large
+        std = core.ddpm_step_std(variance_type, v, output, x, s.std_small, s.std_large,
+                                 s.log_var_small, s.log_var_large)  # fmt: skip
         return DDPMState(mean + (1.0 - s.last) * std * z)
 
     return core.Sampler(

@@ -177,18 +177,9 @@ def repaint(
             unknown = s.alpha_prev * x0 + jnp.sqrt(s.var_prev - std**2) * eps  # DDIM eq. 12
         else:
             unknown = s.c_x0 * x0 + s.c_xt * x  # DDPM eq. 7
-            if variance_type == "learned_range":
-                if v is None:
-                    raise ValueError(
-                        "variance_type='learned_range' needs a model output with twice the "
-                        f"input channels (last axis); got {output.shape} for x {x.shape}."
-                    )
-                frac = (v + 1.0) / 2.0
-                std = jnp.exp(0.5 * (frac * s.log_var_large + (1.0 - frac) * s.log_var_small))
-            else:
-                std = (
-                    s.std_unit if variance_type == "fixed_small" else jnp.exp(0.5 * s.log_var_large)
-                )
+            std_large = jnp.exp(0.5 * s.log_var_large)
+            std = core.ddpm_step_std(variance_type, v, output, x, s.std_unit, std_large,
+                                     s.log_var_small, s.log_var_large)  # fmt: skip
         unknown = unknown + s.noise_on * std * z[1]
         known = s.alpha_prev * image + jnp.sqrt(s.var_prev) * z[1]  # q(x_s | x_0)
         return RePaintState(mask * known + (1.0 - mask) * unknown)
